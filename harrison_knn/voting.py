@@ -1,0 +1,200 @@
+"""Similarity-weighted voting of nearest neighbours for hashtags.
+
+A query photo's k nearest neighbours in the index each vote for their own
+hashtags. A neighbour's vote is weighted by how similar it is to the query, and
+the weights of one query sum to one, so a hashtag's score is the weighted share
+of the neighbourhood that carries it: a number in ``[0, 1]`` that means the same
+for every photo and every index. An optional popularity correction subtracts
+part of the share that a random set of neighbours would give the hashtag, so
+that hashtags carried by many photos do not win only because they are frequent.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import scipy.sparse as sp
+
+__all__ = [
+    "WEIGHTINGS",
+    "DEFAULT_K",
+    "DEFAULT_TEMPERATURE",
+    "DEFAULT_WEIGHTING",
+    "neighbour_weights",
+    "tag_prior",
+    "vote",
+]
+
+logger = logging.getLogger(__name__)
+
+WEIGHTINGS = ("softmax", "similarity", "rank", "count")
+DEFAULT_K = 20
+DEFAULT_WEIGHTING = "softmax"
+DEFAULT_TEMPERATURE = 0.05
+
+
+def neighbour_weights(
+    similarities: np.ndarray,
+    valid: np.ndarray | None = None,
+    *,
+    weighting: str = DEFAULT_WEIGHTING,
+    temperature: float = DEFAULT_TEMPERATURE,
+) -> np.ndarray:
+    """Turn neighbour similarities into vote weights that sum to one per query.
+
+    Args:
+        similarities: ``(q, k) float32`` cosine similarities, each row sorted from
+            the nearest neighbour to the farthest.
+        valid: ``(q, k) bool``; False marks a slot with no neighbour (an index
+            smaller than k, or an excluded photo). Such slots get weight 0.
+        weighting: ``"softmax"`` (``exp(similarity / temperature)``),
+            ``"similarity"`` (the similarity itself, floored at 0), ``"rank"``
+            (``1 / rank``, rank 1 for the nearest) or ``"count"`` (equal votes).
+        temperature: softmax temperature, > 0; smaller trusts the nearest more.
+
+    Returns:
+        ``(q, k) float32`` weights, each row summing to 1, or to 0 for a query
+        with no valid neighbour.
+
+    Raises:
+        ValueError: unknown weighting, temperature not > 0, or shapes that differ.
+    """
+    similarities = np.asarray(similarities, dtype=np.float32)
+    if similarities.ndim != 2:
+        raise ValueError(
+            f"similarities must be a (queries, k) array, got shape {similarities.shape}"
+        )
+    if valid is None:
+        valid = np.ones(similarities.shape, dtype=bool)
+    valid = np.asarray(valid, dtype=bool)
+    if valid.shape != similarities.shape:
+        raise ValueError(
+            f"valid has shape {valid.shape} but similarities has {similarities.shape}"
+        )
+    if weighting not in WEIGHTINGS:
+        raise ValueError(
+            f"unknown weighting {weighting!r}; choose one of {', '.join(WEIGHTINGS)}"
+        )
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature!r}")
+
+    if weighting == "softmax":
+        # Subtracting each row's largest valid similarity keeps exp() finite.
+        masked = np.where(valid, similarities, -np.inf)
+        top = masked.max(axis=1, keepdims=True)
+        top[~np.isfinite(top)] = 0.0
+        raw = np.exp((masked - top) / np.float32(temperature))
+    elif weighting == "similarity":
+        raw = np.clip(similarities, 0.0, None)
+    elif weighting == "rank":
+        ranks = np.arange(1, similarities.shape[1] + 1, dtype=np.float32)
+        raw = np.broadcast_to(1.0 / ranks, similarities.shape)
+    else:
+        raw = np.ones(similarities.shape, dtype=np.float32)
+    raw = np.where(valid, raw, 0.0).astype(np.float32)
+
+    totals = raw.sum(axis=1, keepdims=True)
+    # A row of zero total (no valid neighbour, or only dissimilar ones under
+    # "similarity") falls back to equal votes among its valid neighbours.
+    empty = (totals[:, 0] <= 0) & valid.any(axis=1)
+    if empty.any():
+        raw[empty] = valid[empty].astype(np.float32)
+        totals[empty] = raw[empty].sum(axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        weights = np.where(totals > 0, raw / totals, 0.0)
+    return weights.astype(np.float32)
+
+
+def tag_prior(labels: sp.spmatrix | np.ndarray) -> np.ndarray:
+    """Share of indexed photos that carry each hashtag.
+
+    This is the expected score of a hashtag when the neighbours are drawn at
+    random from the index, the quantity the popularity correction removes.
+
+    Args:
+        labels: ``(n_photos, n_tags)`` 0/1 matrix, sparse or dense.
+
+    Returns:
+        ``(n_tags,) float32`` in ``[0, 1]``.
+    """
+    n_photos = labels.shape[0]
+    if n_photos == 0:
+        return np.zeros(labels.shape[1], dtype=np.float32)
+    counts = np.asarray(labels.sum(axis=0)).ravel()
+    return (counts / n_photos).astype(np.float32)
+
+
+def vote(
+    similarities: np.ndarray,
+    neighbour_ids: np.ndarray,
+    labels: sp.csr_matrix,
+    *,
+    weighting: str = DEFAULT_WEIGHTING,
+    temperature: float = DEFAULT_TEMPERATURE,
+    popularity_correction: float = 0.0,
+    prior: np.ndarray | None = None,
+) -> np.ndarray:
+    """Score every hashtag for every query by weighted neighbour votes.
+
+    Args:
+        similarities: ``(q, k) float32`` similarities of each query's neighbours,
+            nearest first.
+        neighbour_ids: ``(q, k) int64`` row numbers of those neighbours in
+            ``labels``; ``-1`` marks an empty slot, which casts no vote.
+        labels: ``(n_photos, n_tags)`` 0/1 CSR matrix of the indexed photos.
+        weighting, temperature: see :func:`neighbour_weights`.
+        popularity_correction: ``alpha`` in ``[0, 1]``; the score becomes
+            ``share - alpha * prior``. 0 gives the plain weighted share.
+        prior: ``(n_tags,) float32`` expected share under random neighbours;
+            computed from ``labels`` when needed and not given.
+
+    Returns:
+        ``(q, n_tags) float32`` scores. Without correction each lies in
+        ``[0, 1]``; with it, in ``[-alpha, 1]``.
+
+    Raises:
+        ValueError: shapes that do not match, ids outside the index, or a
+            correction outside ``[0, 1]``.
+    """
+    neighbour_ids = np.asarray(neighbour_ids)
+    similarities = np.asarray(similarities, dtype=np.float32)
+    if neighbour_ids.shape != similarities.shape:
+        raise ValueError(
+            f"neighbour_ids has shape {neighbour_ids.shape} but similarities has "
+            f"{similarities.shape}"
+        )
+    n_photos, n_tags = labels.shape
+    if neighbour_ids.size and neighbour_ids.max() >= n_photos:
+        raise ValueError(
+            f"neighbour id {int(neighbour_ids.max())} is outside the index of "
+            f"{n_photos} photos"
+        )
+    if not 0.0 <= popularity_correction <= 1.0:
+        raise ValueError(
+            f"popularity_correction must lie in [0, 1], got {popularity_correction!r}"
+        )
+
+    valid = neighbour_ids >= 0
+    weights = neighbour_weights(
+        similarities, valid, weighting=weighting, temperature=temperature
+    )
+
+    n_queries, k = weights.shape
+    rows = np.repeat(np.arange(n_queries), k)
+    columns = np.where(valid, neighbour_ids, 0).ravel()
+    # Sparse weights times sparse labels: the cost grows with the votes cast,
+    # not with the number of indexed photos.
+    weight_matrix = sp.csr_matrix(
+        (weights.ravel(), (rows, columns)), shape=(n_queries, n_photos)
+    )
+    scores = np.asarray((weight_matrix @ labels).todense(), dtype=np.float32)
+
+    if popularity_correction > 0:
+        if prior is None:
+            prior = tag_prior(labels)
+        prior = np.asarray(prior, dtype=np.float32)
+        if prior.shape != (n_tags,):
+            raise ValueError(f"prior must have shape ({n_tags},), got {prior.shape}")
+        scores -= np.float32(popularity_correction) * prior
+    return scores

@@ -1,0 +1,409 @@
+"""The saved index: photo embeddings in FAISS, their hashtags and metadata.
+
+An index folder holds:
+
+- ``metadata.json``: human-readable; format version, encoder name and width,
+  vocabulary, photo paths, photo count, build time, voting defaults, and the
+  names and SHA-256 checksums of the two array files below.
+- ``vectors-<digest>.faiss``: a FAISS inner-product index over unit vectors.
+- ``labels-<digest>.npz``: the photo-by-hashtag matrix as plain CSR arrays.
+
+Array files carry their own digest in their name and are written before the
+metadata that points to them; the metadata is replaced by an atomic rename.
+A build killed at any moment therefore leaves either the previous complete
+index or the new complete one, never a mixture.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+import scipy.sparse as sp
+
+from .files import write_atomically
+
+__all__ = [
+    "FORMAT_VERSION",
+    "METADATA_FILE",
+    "IndexFormatError",
+    "TagIndex",
+    "gpu_available",
+]
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+METADATA_FILE = "metadata.json"
+
+
+class IndexFormatError(ValueError):
+    """An index folder that is missing, damaged or does not fit the request."""
+
+
+def gpu_available() -> bool:
+    """True when the installed faiss has GPU support and sees a GPU."""
+    return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+
+
+@dataclass
+class TagIndex:
+    """Embeddings of tagged photos, searchable by inner product.
+
+    Attributes:
+        vectors: FAISS index of ``(n_photos, width)`` float32 unit rows.
+        labels: ``(n_photos, n_tags)`` float32 0/1 CSR matrix.
+        vocabulary: hashtag names in column order of ``labels``.
+        paths: photo paths, relative to ``data_root``, in row order.
+        encoder: canonical name of the encoder that made the embeddings.
+        data_root: the collection folder the photos were read from.
+        built_at: ISO 8601 time of the build, UTC.
+        settings: voting defaults and build facts kept with the index.
+    """
+
+    vectors: faiss.Index
+    labels: sp.csr_matrix
+    vocabulary: list[str]
+    paths: list[str]
+    encoder: str
+    data_root: str = ""
+    built_at: str = ""
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        n_photos = self.vectors.ntotal
+        if self.labels.shape != (n_photos, len(self.vocabulary)):
+            raise IndexFormatError(
+                f"labels have shape {self.labels.shape} but the index holds "
+                f"{n_photos} photos and {len(self.vocabulary)} hashtags"
+            )
+        if len(self.paths) != n_photos:
+            raise IndexFormatError(
+                f"{len(self.paths)} photo paths for {n_photos} indexed vectors"
+            )
+        self._on_gpu = False
+
+    @property
+    def width(self) -> int:
+        """Embedding width d."""
+        return self.vectors.d
+
+    def __len__(self) -> int:
+        return self.vectors.ntotal
+
+    @classmethod
+    def from_embeddings(
+        cls,
+        embeddings: np.ndarray,
+        labels: sp.spmatrix | np.ndarray,
+        *,
+        vocabulary: list[str],
+        paths: list[str],
+        encoder: str,
+        data_root: str | os.PathLike = "",
+        settings: dict[str, Any] | None = None,
+    ) -> TagIndex:
+        """Build an exact inner-product index.
+
+        Args:
+            embeddings: ``(n, d) float32``, unit rows.
+            labels: ``(n, n_tags)`` 0/1 matrix, sparse or dense.
+            vocabulary: ``n_tags`` hashtag names.
+            paths: ``n`` photo paths.
+            encoder: canonical encoder name.
+            data_root: folder the paths are relative to.
+            settings: voting defaults to keep with the index.
+
+        Raises:
+            ValueError: embeddings not a 2-D array or not of unit length.
+        """
+        embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
+        if embeddings.ndim != 2:
+            raise ValueError(
+                f"embeddings must be a (photos, width) array, got {embeddings.shape}"
+            )
+        norms = np.linalg.norm(embeddings, axis=1)
+        if embeddings.shape[0] and not np.allclose(norms, 1.0, atol=1e-3):
+            worst = int(np.argmax(np.abs(norms - 1.0)))
+            raise ValueError(
+                f"embeddings must have unit rows; row {worst} has length "
+                f"{norms[worst]:.4f}"
+            )
+        vectors = faiss.IndexFlatIP(embeddings.shape[1])
+        vectors.add(embeddings)
+        return cls(
+            vectors=vectors,
+            labels=sp.csr_matrix(labels, dtype=np.float32),
+            vocabulary=list(vocabulary),
+            paths=list(paths),
+            encoder=encoder,
+            data_root=str(data_root),
+            built_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            settings=dict(settings or {}),
+        )
+
+    def to_gpu(self) -> bool:
+        """Move the vectors to the GPU when faiss can; returns whether it did."""
+        if self._on_gpu or not gpu_available():
+            return self._on_gpu
+        self._gpu_resources = faiss.StandardGpuResources()
+        self.vectors = faiss.index_cpu_to_gpu(self._gpu_resources, 0, self.vectors)
+        self._on_gpu = True
+        logger.info("index of %d photos moved to the GPU", len(self))
+        return True
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Find the k most similar indexed photos of each query.
+
+        Args:
+            queries: ``(q, d) float32``, unit rows.
+            k: neighbours wanted, >= 1. When the index holds fewer photos, the
+                missing slots have id ``-1`` and similarity ``-inf``.
+
+        Returns:
+            ``(similarities, ids)``: ``(q, k) float32`` and ``(q, k) int64``,
+            nearest first.
+        """
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        if queries.ndim != 2 or queries.shape[1] != self.width:
+            raise ValueError(
+                f"queries must have shape (n, {self.width}), got {queries.shape}"
+            )
+        if k < 1:
+            raise ValueError(f"k must be at least 1, got {k}")
+        if queries.shape[0] == 0:
+            return (
+                np.zeros((0, k), dtype=np.float32),
+                np.zeros((0, k), dtype=np.int64),
+            )
+        similarities, ids = self.vectors.search(queries, k)
+        similarities[ids < 0] = -np.inf
+        return similarities, ids.astype(np.int64)
+
+    def reconstruct(self, ids: np.ndarray) -> np.ndarray:
+        """Stored embeddings of the given rows, ``(len(ids), d) float32``."""
+        ids = np.asarray(ids, dtype=np.int64)
+        return (
+            np.stack([self.vectors.reconstruct(int(i)) for i in ids])
+            if len(ids)
+            else np.zeros((0, self.width), dtype=np.float32)
+        )
+
+    def save(self, directory: str | os.PathLike) -> Path:
+        """Write the index into ``directory`` atomically; see the module notes.
+
+        Other files in the folder (an embedding cache, a build report) are kept.
+        Returns the folder.
+        """
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        vectors = self.vectors
+        if self._on_gpu:
+            vectors = faiss.index_gpu_to_cpu(vectors)
+
+        vectors_name = _write_content_named(
+            directory, "vectors", ".faiss", faiss.serialize_index(vectors).tobytes()
+        )
+        labels_name = _write_content_named(
+            directory, "labels", ".npz", _csr_to_npz_bytes(self.labels)
+        )
+        metadata = {
+            "format_version": FORMAT_VERSION,
+            "encoder": self.encoder,
+            "width": self.width,
+            "photo_count": len(self),
+            "tag_count": len(self.vocabulary),
+            "built_at": self.built_at,
+            "data_root": self.data_root,
+            "settings": self.settings,
+            "files": {
+                "vectors": {
+                    "name": vectors_name,
+                    "sha256": _digest_of(directory / vectors_name),
+                },
+                "labels": {
+                    "name": labels_name,
+                    "sha256": _digest_of(directory / labels_name),
+                },
+            },
+            "vocabulary": self.vocabulary,
+            "photos": self.paths,
+        }
+        write_atomically(
+            directory / METADATA_FILE,
+            json.dumps(metadata, indent=1, ensure_ascii=False).encode("utf-8"),
+        )
+        _remove_unreferenced(directory, {vectors_name, labels_name})
+        logger.info("index of %d photos saved to %s", len(self), directory)
+        return directory
+
+    @classmethod
+    def load(
+        cls,
+        directory: str | os.PathLike,
+        *,
+        encoder: str | None = None,
+        width: int | None = None,
+        verify: bool = True,
+    ) -> TagIndex:
+        """Read an index saved by :meth:`save`.
+
+        Args:
+            directory: the index folder.
+            encoder: when given, the encoder name the index must have been built
+                with.
+            width: when given, the embedding width it must have.
+            verify: check the array files against their recorded checksums.
+
+        Raises:
+            FileNotFoundError: no folder or no metadata file there.
+            IndexFormatError: unknown format version, damaged or missing files,
+                or an encoder or width other than the one asked for.
+        """
+        directory = Path(directory)
+        metadata_path = directory / METADATA_FILE
+        if not directory.is_dir():
+            raise FileNotFoundError(
+                f"no index at {directory}: build one with "
+                f"'harrison-knn build DATA_DIR --index {directory}'"
+            )
+        if not metadata_path.is_file():
+            raise FileNotFoundError(
+                f"{metadata_path} is missing: {directory} is not a complete index; "
+                "rebuild it with 'harrison-knn build'"
+            )
+        metadata = _read_metadata(metadata_path)
+
+        if encoder is not None and metadata["encoder"] != encoder:
+            raise IndexFormatError(
+                f"{directory} was built with encoder {metadata['encoder']!r}, not "
+                f"{encoder!r}; query it with the same encoder or rebuild the index"
+            )
+        if width is not None and metadata["width"] != width:
+            raise IndexFormatError(
+                f"{directory} holds embeddings of width {metadata['width']}, but the "
+                f"encoder gives width {width}; rebuild the index with this encoder"
+            )
+
+        files = {}
+        for role in ("vectors", "labels"):
+            entry = metadata["files"][role]
+            path = directory / entry["name"]
+            if path.parent != directory:
+                raise IndexFormatError(
+                    f"{metadata_path}: bad file name {entry['name']!r}"
+                )
+            if not path.is_file():
+                raise IndexFormatError(
+                    f"{path} is missing; rebuild the index with 'harrison-knn build'"
+                )
+            if verify and _digest_of(path) != entry["sha256"]:
+                raise IndexFormatError(
+                    f"{path} is damaged (its checksum does not match {metadata_path}); "
+                    "rebuild the index with 'harrison-knn build'"
+                )
+            files[role] = path
+
+        try:
+            vectors = faiss.read_index(str(files["vectors"]))
+            labels = _csr_from_npz(files["labels"])
+        except (RuntimeError, ValueError, OSError, KeyError) as error:
+            raise IndexFormatError(
+                f"cannot read the index in {directory}: {error}"
+            ) from error
+
+        if vectors.d != metadata["width"] or vectors.ntotal != metadata["photo_count"]:
+            raise IndexFormatError(
+                f"{files['vectors']} holds {vectors.ntotal} vectors of width {vectors.d}, "
+                f"but {metadata_path} says {metadata['photo_count']} of width "
+                f"{metadata['width']}"
+            )
+        try:
+            return cls(
+                vectors=vectors,
+                labels=labels,
+                vocabulary=metadata["vocabulary"],
+                paths=metadata["photos"],
+                encoder=metadata["encoder"],
+                data_root=metadata.get("data_root", ""),
+                built_at=metadata.get("built_at", ""),
+                settings=metadata.get("settings", {}),
+            )
+        except IndexFormatError as error:
+            raise IndexFormatError(f"{directory}: {error}") from error
+
+
+_REQUIRED_KEYS = ("encoder", "width", "photo_count", "files", "vocabulary", "photos")
+
+
+def _read_metadata(path: Path) -> dict[str, Any]:
+    try:
+        metadata = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise IndexFormatError(f"{path} is not valid JSON: {error}") from error
+    if not isinstance(metadata, dict):
+        raise IndexFormatError(f"{path} does not hold a JSON object")
+    version = metadata.get("format_version")
+    if version != FORMAT_VERSION:
+        raise IndexFormatError(
+            f"{path} has index format version {version!r}; this harrison-knn reads "
+            f"version {FORMAT_VERSION}. Rebuild the index with this version"
+        )
+    missing = [key for key in _REQUIRED_KEYS if key not in metadata]
+    if missing:
+        raise IndexFormatError(f"{path} lacks the entries {', '.join(missing)}")
+    return metadata
+
+
+def _csr_to_npz_bytes(labels: sp.csr_matrix) -> bytes:
+    import io
+
+    labels = sp.csr_matrix(labels)
+    buffer = io.BytesIO()
+    np.savez(
+        buffer,
+        indptr=labels.indptr.astype(np.int64),
+        indices=labels.indices.astype(np.int32),
+        shape=np.asarray(labels.shape, dtype=np.int64),
+    )
+    return buffer.getvalue()
+
+
+def _csr_from_npz(path: Path) -> sp.csr_matrix:
+    with np.load(path, allow_pickle=False) as arrays:
+        indptr, indices, shape = arrays["indptr"], arrays["indices"], arrays["shape"]
+    n_rows, n_columns = (int(value) for value in shape)
+    data = np.ones(len(indices), dtype=np.float32)
+    return sp.csr_matrix((data, indices, indptr), shape=(n_rows, n_columns))
+
+
+def _digest_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _write_content_named(
+    directory: Path, stem: str, suffix: str, content: bytes
+) -> str:
+    name = f"{stem}-{hashlib.sha256(content).hexdigest()[:16]}{suffix}"
+    if not (directory / name).is_file():
+        write_atomically(directory / name, content)
+    return name
+
+
+def _remove_unreferenced(directory: Path, keep: set[str]) -> None:
+    for pattern in ("vectors-*.faiss", "labels-*.npz"):
+        for path in directory.glob(pattern):
+            if path.name not in keep:
+                path.unlink(missing_ok=True)

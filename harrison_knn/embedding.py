@@ -1,0 +1,339 @@
+"""Embedding many photos: decoding in worker processes, chunked and resumable.
+
+Photos are decoded and preprocessed in DataLoader worker processes while the
+encoder runs on the previous batch. Finished embeddings are written to an
+:class:`EmbeddingStore` in chunks as they are computed, keyed by photo path, so
+a build that is interrupted resumes with the photos it has not done yet. A
+photo that cannot be read is skipped and reported with its reason; it never
+stops the job.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from .files import write_atomically
+from .images import PhotoError, load_photo
+
+__all__ = [
+    "EmbeddingResult",
+    "EmbeddingStore",
+    "PhotoDataset",
+    "default_workers",
+    "embed_photos",
+]
+
+logger = logging.getLogger(__name__)
+
+STORE_FORMAT_VERSION = 1
+_CHUNK_PATTERN = re.compile(r"chunk-(\d{6})\.npz")
+
+ProgressCallback = Callable[[int, int], None]
+
+
+@dataclass
+class EmbeddingResult:
+    """Embeddings of a list of photos, in the order they were given.
+
+    Attributes:
+        vectors: ``(n, d) float32``; unit rows where ``ok`` is True, zeros else.
+        ok: ``(n,) bool``, False for a photo that could not be embedded.
+        failures: photo key to the reason it was skipped.
+    """
+
+    vectors: np.ndarray
+    ok: np.ndarray
+    failures: dict[str, str] = field(default_factory=dict)
+
+
+class PhotoDataset(Dataset):
+    """Photos decoded and preprocessed for an encoder, one item per photo.
+
+    An item is ``(position, tensor, error)``: the tensor is ``(3, H, W) float32``
+    and ``error`` is None, or the tensor is None and ``error`` says why the photo
+    could not be read.
+    """
+
+    def __init__(self, sources: Sequence[Any], preprocess: Callable) -> None:
+        self.sources = sources
+        self.preprocess = preprocess
+
+    def __len__(self) -> int:
+        return len(self.sources)
+
+    def __getitem__(self, position: int) -> tuple[int, torch.Tensor | None, str | None]:
+        try:
+            image = load_photo(self.sources[position])
+            return position, self.preprocess(image), None
+        except PhotoError as error:
+            return position, None, error.reason
+
+
+def _collate(items: list[tuple[int, torch.Tensor | None, str | None]]) -> dict:
+    good = [(position, tensor) for position, tensor, _ in items if tensor is not None]
+    return {
+        "positions": [position for position, _ in good],
+        "pixels": torch.stack([tensor for _, tensor in good]) if good else None,
+        "failures": [(position, error) for position, _, error in items if error],
+    }
+
+
+def _limit_worker_threads(_: int) -> None:
+    # Each worker decodes one photo at a time; letting torch start a thread pool
+    # per worker would only fight the encoder for the same cores.
+    torch.set_num_threads(1)
+
+
+def default_workers() -> int:
+    """Decoding processes to start beside the encoder: one per spare core, at least 1."""
+    return max(1, min(4, (os.cpu_count() or 2) - 1))
+
+
+def iterate_batches(
+    sources: Sequence[Any],
+    preprocess: Callable,
+    *,
+    batch_size: int,
+    num_workers: int,
+    pin_memory: bool = False,
+):
+    """Yield collated batches of decoded photos; see :class:`PhotoDataset`."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if num_workers < 0:
+        raise ValueError(f"num_workers must be 0 or more, got {num_workers}")
+    loader = DataLoader(
+        PhotoDataset(sources, preprocess),
+        batch_size=batch_size,
+        num_workers=num_workers,
+        collate_fn=_collate,
+        worker_init_fn=_limit_worker_threads if num_workers else None,
+        pin_memory=pin_memory,
+        prefetch_factor=4 if num_workers else None,
+        persistent_workers=False,
+    )
+    yield from loader
+
+
+class EmbeddingStore:
+    """Embeddings of one encoder, saved in numbered chunk files keyed by photo.
+
+    Args:
+        directory: the store's folder; created when missing.
+        encoder: canonical name of the encoder that makes the embeddings.
+        width: their width d.
+
+    Raises:
+        ValueError: the folder already holds embeddings of another encoder or
+            width (nothing in it is changed).
+    """
+
+    def __init__(
+        self, directory: str | os.PathLike, *, encoder: str, width: int
+    ) -> None:
+        self.directory = Path(directory)
+        self.encoder = encoder
+        self.width = width
+        self.directory.mkdir(parents=True, exist_ok=True)
+        manifest_path = self.directory / "manifest.json"
+        manifest = {
+            "format_version": STORE_FORMAT_VERSION,
+            "encoder": encoder,
+            "width": width,
+        }
+        if manifest_path.is_file():
+            existing = json.loads(manifest_path.read_text(encoding="utf-8"))
+            if existing != manifest:
+                raise ValueError(
+                    f"{self.directory} holds embeddings made by {existing.get('encoder')!r} "
+                    f"(width {existing.get('width')}), not by {encoder!r} (width {width}); "
+                    "use another folder for this encoder"
+                )
+        else:
+            write_atomically(manifest_path, json.dumps(manifest).encode("utf-8"))
+        self._index: dict[str, tuple[Path, int]] | None = None
+
+    @staticmethod
+    def folder_name(encoder: str) -> str:
+        """A file-system-safe folder name for an encoder's embeddings."""
+        readable = re.sub(r"[^A-Za-z0-9.-]+", "_", encoder).strip("_")[:48]
+        digest = hashlib.sha256(encoder.encode("utf-8")).hexdigest()[:8]
+        return f"{readable}-{digest}"
+
+    def _chunk_files(self) -> list[Path]:
+        return sorted(
+            path
+            for path in self.directory.iterdir()
+            if _CHUNK_PATTERN.fullmatch(path.name)
+        )
+
+    def _read_chunk(self, path: Path) -> tuple[np.ndarray, np.ndarray]:
+        with np.load(path, allow_pickle=False) as arrays:
+            return arrays["keys"], arrays["vectors"]
+
+    def stored_keys(self) -> dict[str, tuple[Path, int]]:
+        """Photo key to the chunk file and row holding its embedding."""
+        if self._index is None:
+            index: dict[str, tuple[Path, int]] = {}
+            for path in self._chunk_files():
+                try:
+                    keys, vectors = self._read_chunk(path)
+                except (OSError, ValueError, KeyError) as error:
+                    # A chunk is written aside and renamed into place, so a bad
+                    # one was damaged after the fact; its photos are redone.
+                    logger.warning("ignoring unreadable chunk %s: %s", path, error)
+                    continue
+                if vectors.ndim != 2 or vectors.shape != (len(keys), self.width):
+                    logger.warning("ignoring chunk %s of shape %s", path, vectors.shape)
+                    continue
+                for row, key in enumerate(keys.tolist()):
+                    index[key] = (path, row)
+            self._index = index
+        return self._index
+
+    def add(self, keys: Sequence[str], vectors: np.ndarray) -> Path:
+        """Save one chunk: ``keys`` and their ``(len(keys), d) float32`` embeddings."""
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if vectors.shape != (len(keys), self.width):
+            raise ValueError(
+                f"expected embeddings of shape ({len(keys)}, {self.width}), "
+                f"got {vectors.shape}"
+            )
+        existing = self._chunk_files()
+        number = (
+            int(_CHUNK_PATTERN.fullmatch(existing[-1].name).group(1)) + 1
+            if existing
+            else 0
+        )
+        path = self.directory / f"chunk-{number:06d}.npz"
+        buffer = io.BytesIO()
+        np.savez(buffer, keys=np.asarray(list(keys), dtype=str), vectors=vectors)
+        write_atomically(path, buffer.getvalue())
+        index = self.stored_keys()
+        for row, key in enumerate(keys):
+            index[key] = (path, row)
+        return path
+
+    def get(self, keys: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Stored embeddings of ``keys``.
+
+        Returns:
+            ``(vectors, found)``: ``(n, d) float32`` (zeros where not stored) and
+            ``(n,) bool``.
+        """
+        index = self.stored_keys()
+        vectors = np.zeros((len(keys), self.width), dtype=np.float32)
+        found = np.zeros(len(keys), dtype=bool)
+        by_chunk: dict[Path, list[tuple[int, int]]] = {}
+        for position, key in enumerate(keys):
+            if key in index:
+                chunk, row = index[key]
+                by_chunk.setdefault(chunk, []).append((position, row))
+        for chunk, pairs in by_chunk.items():
+            _, chunk_vectors = self._read_chunk(chunk)
+            positions, rows = (np.asarray(column) for column in zip(*pairs))
+            vectors[positions] = chunk_vectors[rows]
+            found[positions] = True
+        return vectors, found
+
+
+def embed_photos(
+    sources: Sequence[Any],
+    encoder,
+    *,
+    keys: Sequence[str] | None = None,
+    store: EmbeddingStore | None = None,
+    batch_size: int = 32,
+    num_workers: int | None = None,
+    chunk_size: int = 512,
+    on_progress: ProgressCallback | None = None,
+) -> EmbeddingResult:
+    """Embed photos, reusing and extending ``store`` when one is given.
+
+    Args:
+        sources: photo paths (or PIL images or arrays when no store is used).
+        encoder: an :class:`~harrison_knn.encoders.Encoder`.
+        keys: a name per photo for the store and the failure report; defaults
+            to ``str(source)``.
+        store: where finished embeddings are saved and looked up.
+        batch_size: photos per forward pass.
+        num_workers: decoding processes; None picks :func:`default_workers`.
+        chunk_size: photos per chunk file written to the store.
+        on_progress: called as ``on_progress(done, total)`` after each batch.
+
+    Returns:
+        An :class:`EmbeddingResult` in the order of ``sources``.
+    """
+    if keys is None:
+        keys = [str(source) for source in sources]
+    if len(keys) != len(sources):
+        raise ValueError(f"{len(keys)} keys for {len(sources)} photos")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
+    if num_workers is None:
+        num_workers = default_workers()
+
+    total = len(sources)
+    if store is not None:
+        vectors, ok = store.get(keys)
+    else:
+        vectors = np.zeros((total, encoder.width), dtype=np.float32)
+        ok = np.zeros(total, dtype=bool)
+    pending = np.flatnonzero(~ok)
+    if ok.any():
+        logger.info(
+            "%d of %d photos already embedded; %d to go", ok.sum(), total, len(pending)
+        )
+    done = total - len(pending)
+    if on_progress is not None:
+        on_progress(done, total)
+
+    failures: dict[str, str] = {}
+    chunk_positions: list[int] = []
+    chunk_vectors: list[np.ndarray] = []
+
+    def flush() -> None:
+        if store is not None and chunk_positions:
+            store.add([keys[i] for i in chunk_positions], np.concatenate(chunk_vectors))
+        chunk_positions.clear()
+        chunk_vectors.clear()
+
+    batches = iterate_batches(
+        [sources[i] for i in pending],
+        encoder.preprocess,
+        batch_size=batch_size,
+        num_workers=num_workers if len(pending) > batch_size else 0,
+        pin_memory=encoder.device.type == "cuda",
+    )
+    for batch in batches:
+        positions = [int(pending[p]) for p in batch["positions"]]
+        for p, reason in batch["failures"]:
+            key = keys[int(pending[p])]
+            failures[key] = reason
+            logger.warning("skipped %s: %s", key, reason)
+        if positions:
+            embeddings = encoder.encode_batch(batch["pixels"])
+            vectors[positions] = embeddings
+            ok[positions] = True
+            chunk_positions.extend(positions)
+            chunk_vectors.append(embeddings)
+            if len(chunk_positions) >= chunk_size:
+                flush()
+        done += len(batch["positions"]) + len(batch["failures"])
+        if on_progress is not None:
+            on_progress(done, total)
+    flush()
+    return EmbeddingResult(vectors=vectors, ok=ok, failures=failures)

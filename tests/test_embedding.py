@@ -1,0 +1,108 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from harrison_knn.embedding import EmbeddingStore, embed_photos
+
+
+class ColourEncoder:
+    """A tiny stand-in encoder: the mean colour of a photo, as a unit vector."""
+
+    name = "colour"
+    width = 3
+    device = torch.device("cpu")
+
+    def preprocess(self, image):
+        pixels = np.asarray(image.resize((4, 4)), dtype=np.float32) / 255.0
+        return torch.from_numpy(pixels).permute(2, 0, 1).contiguous()
+
+    def encode_batch(self, batch):
+        means = batch.mean(dim=(2, 3)).numpy() + 1e-3
+        return (means / np.linalg.norm(means, axis=1, keepdims=True)).astype(np.float32)
+
+
+COLOURS = [(250, 10, 10), (10, 250, 10), (10, 10, 250), (200, 200, 10), (10, 200, 200)]
+
+
+@pytest.fixture
+def photos(tmp_path):
+    paths = []
+    for i, colour in enumerate(COLOURS):
+        path = tmp_path / f"photo{i}.png"
+        Image.new("RGB", (16, 12), colour).save(path)
+        paths.append(path)
+    return paths
+
+
+def test_embeds_in_the_given_order(photos):
+    result = embed_photos(photos, ColourEncoder(), batch_size=2, num_workers=0)
+
+    assert result.ok.tolist() == [True] * 5
+    assert result.vectors.shape == (5, 3)
+    assert result.vectors.dtype == np.float32
+    assert np.argmax(result.vectors[0]) == 0
+    assert np.argmax(result.vectors[2]) == 2
+    np.testing.assert_allclose(np.linalg.norm(result.vectors, axis=1), 1.0, rtol=1e-6)
+
+
+def test_worker_processes_give_the_same_embeddings(photos):
+    alone = embed_photos(photos, ColourEncoder(), batch_size=2, num_workers=0)
+    workers = embed_photos(photos * 20, ColourEncoder(), batch_size=4, num_workers=2)
+
+    np.testing.assert_array_equal(workers.vectors[:5], alone.vectors)
+    np.testing.assert_array_equal(workers.vectors[95:], alone.vectors)
+
+
+def test_unreadable_photo_is_skipped_with_its_reason(photos, tmp_path):
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"this is not a photo")
+
+    result = embed_photos(
+        [photos[0], broken, photos[1]], ColourEncoder(), num_workers=0
+    )
+
+    assert result.ok.tolist() == [True, False, True]
+    assert list(result.failures) == [str(broken)]
+    assert result.vectors[1].tolist() == [0.0, 0.0, 0.0]
+
+
+def test_store_resumes_with_the_photos_not_yet_done(photos, tmp_path):
+    store = EmbeddingStore(tmp_path / "store", encoder="colour", width=3)
+    keys = [p.name for p in photos]
+    embed_photos(photos[:2], ColourEncoder(), keys=keys[:2], store=store, num_workers=0)
+    seen = []
+
+    result = embed_photos(
+        photos,
+        ColourEncoder(),
+        keys=keys,
+        store=EmbeddingStore(tmp_path / "store", encoder="colour", width=3),
+        batch_size=1,
+        chunk_size=2,
+        num_workers=0,
+        on_progress=lambda done, total: seen.append(done),
+    )
+
+    assert seen[0] == 2
+    assert seen[-1] == 5
+    # One chunk from the first run, then chunks of two and one photo.
+    assert len(list((tmp_path / "store").glob("chunk-*.npz"))) == 3
+    full = embed_photos(photos, ColourEncoder(), num_workers=0)
+    np.testing.assert_array_equal(result.vectors, full.vectors)
+
+
+def test_store_of_another_encoder_is_refused(tmp_path):
+    EmbeddingStore(tmp_path, encoder="colour", width=3)
+
+    with pytest.raises(ValueError, match="made by 'colour' .* not by 'clip:x' "):
+        EmbeddingStore(tmp_path, encoder="clip:x", width=512)
+
+
+def test_store_folder_name_is_safe_and_distinct():
+    first = EmbeddingStore.folder_name("clip:ViT-B-32//home/me/ckpt.pt")
+    second = EmbeddingStore.folder_name("clip:ViT-B-32//home/you/ckpt.pt")
+
+    assert first.startswith("clip_ViT-B-32_home_me_ckpt.pt-")
+    assert "/" not in first
+    assert first != second

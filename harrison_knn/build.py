@@ -1,0 +1,223 @@
+"""Building an index from a photo collection in HARRISON layout.
+
+The build reads the annotation files, embeds every listed photo (held-out ones
+too, so they can be evaluated later without decoding them again), indexes the
+training photos and writes a report of the photos it skipped. Embeddings are
+cached under ``<index>/embeddings/<encoder>/`` as they are computed, so a build
+that stops part-way resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import voting
+from .dataset import Collection, read_collection, split_indices
+from .embedding import EmbeddingStore, ProgressCallback, embed_photos
+from .encoders import DEFAULT_ENCODER, Encoder, create_encoder
+from .files import write_atomically
+from .index import TagIndex
+
+__all__ = [
+    "REPORT_FILE",
+    "BuildError",
+    "BuildReport",
+    "build_index",
+    "embedding_store_for",
+    "held_out_ids",
+]
+
+logger = logging.getLogger(__name__)
+
+REPORT_FILE = "build-report.json"
+DEFAULT_MAX_FAILURE_SHARE = 0.1
+
+
+class BuildError(RuntimeError):
+    """A build that cannot give a trustworthy index (too many unreadable photos)."""
+
+
+@dataclass
+class BuildReport:
+    """What a build did; saved as ``build-report.json`` beside the index."""
+
+    data_root: str
+    encoder: str
+    photos_listed: int
+    photos_indexed: int
+    photos_held_out: int
+    photos_skipped: int
+    seconds_embedding: float
+    seconds_total: float
+    skipped: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1, ensure_ascii=False)
+
+
+def embedding_store_for(
+    index_dir: str | os.PathLike, encoder: Encoder
+) -> EmbeddingStore:
+    """The embedding cache of ``encoder`` inside an index folder."""
+    folder = Path(index_dir) / "embeddings" / EmbeddingStore.folder_name(encoder.name)
+    return EmbeddingStore(folder, encoder=encoder.name, width=encoder.width)
+
+
+def held_out_ids(index: TagIndex, collection: Collection) -> np.ndarray:
+    """Rows of ``collection`` that the build kept out of ``index``, ``(m,) int64``."""
+    held_out = set(index.settings.get("held_out", []))
+    return np.array(
+        [i for i, path in enumerate(collection.paths) if path in held_out],
+        dtype=np.int64,
+    )
+
+
+def build_index(
+    data_dir: str | os.PathLike,
+    index_dir: str | os.PathLike,
+    *,
+    encoder: Encoder | str = DEFAULT_ENCODER,
+    device: str | None = None,
+    holdout: float = 0,
+    seed: int = 0,
+    batch_size: int = 32,
+    num_workers: int | None = None,
+    chunk_size: int = 512,
+    max_failure_share: float = DEFAULT_MAX_FAILURE_SHARE,
+    voting_settings: dict[str, Any] | None = None,
+    on_progress: ProgressCallback | None = None,
+) -> BuildReport:
+    """Embed a collection and save its index.
+
+    Args:
+        data_dir: folder with ``data_list.txt``, ``tag_list.txt`` and
+            ``vocab_index.txt``.
+        index_dir: where the index goes (``indexes/NAME``).
+        encoder: an encoder or encoder name.
+        device: torch device when ``encoder`` is a name.
+        holdout: photos kept out of the index for evaluation: a fraction in
+            ``(0, 1)`` or a count; 0 indexes every photo.
+        seed: seed of the held-out split.
+        batch_size, num_workers, chunk_size: see
+            :func:`harrison_knn.embedding.embed_photos`.
+        max_failure_share: the build fails when a larger share of the photos
+            cannot be read.
+        voting_settings: voting defaults saved with the index (``k``,
+            ``weighting``, ``temperature``, ``popularity_correction``).
+        on_progress: called as ``on_progress(done, total)`` while embedding.
+
+    Returns:
+        The :class:`BuildReport`, also written beside the index.
+
+    Raises:
+        BuildError: more than ``max_failure_share`` of the photos failed; the
+            report is written and the embeddings already made are kept.
+    """
+    started = time.perf_counter()
+    if not 0 <= max_failure_share <= 1:
+        raise ValueError(
+            f"max_failure_share must lie in [0, 1], got {max_failure_share!r}"
+        )
+    collection = read_collection(data_dir)
+    if isinstance(encoder, str):
+        encoder = create_encoder(encoder, device=device)
+    index_dir = Path(index_dir)
+    index_dir.mkdir(parents=True, exist_ok=True)
+
+    if holdout:
+        train_ids, test_ids = split_indices(len(collection), holdout, seed)
+    else:
+        train_ids = np.arange(len(collection))
+        test_ids = np.zeros(0, dtype=np.int64)
+    logger.info(
+        "embedding %d photos of %s with %s (%d to index, %d held out)",
+        len(collection),
+        collection.root,
+        encoder.name,
+        len(train_ids),
+        len(test_ids),
+    )
+
+    embedding_started = time.perf_counter()
+    result = embed_photos(
+        [collection.photo_path(i) for i in range(len(collection))],
+        encoder,
+        keys=collection.paths,
+        store=embedding_store_for(index_dir, encoder),
+        batch_size=batch_size,
+        num_workers=num_workers,
+        chunk_size=chunk_size,
+        on_progress=on_progress,
+    )
+    seconds_embedding = time.perf_counter() - embedding_started
+
+    indexed = train_ids[result.ok[train_ids]]
+    report = BuildReport(
+        data_root=str(collection.root.resolve()),
+        encoder=encoder.name,
+        photos_listed=len(collection),
+        photos_indexed=len(indexed),
+        photos_held_out=len(test_ids),
+        photos_skipped=len(result.failures),
+        seconds_embedding=round(seconds_embedding, 3),
+        seconds_total=0.0,
+        skipped=dict(sorted(result.failures.items())),
+    )
+    share_failed = len(result.failures) / max(1, len(collection))
+    if share_failed > max_failure_share:
+        _write_report(index_dir, report, started)
+        raise BuildError(
+            f"{len(result.failures)} of {len(collection)} photos "
+            f"({share_failed:.0%}) could not be read, more than the allowed "
+            f"{max_failure_share:.0%}; see {index_dir / REPORT_FILE} for each photo "
+            "and its reason, or raise --max-failures"
+        )
+    if len(indexed) == 0:
+        _write_report(index_dir, report, started)
+        raise BuildError(f"no photo of {collection.root} could be indexed")
+
+    settings = {
+        "voting": {
+            "k": voting.DEFAULT_K,
+            "weighting": voting.DEFAULT_WEIGHTING,
+            "temperature": voting.DEFAULT_TEMPERATURE,
+            "popularity_correction": 0.0,
+            **(voting_settings or {}),
+        },
+        "split": {"holdout": holdout, "seed": seed},
+        "held_out": [collection.paths[i] for i in test_ids],
+    }
+    index = TagIndex.from_embeddings(
+        result.vectors[indexed],
+        collection.label_matrix()[indexed],
+        vocabulary=collection.vocabulary,
+        paths=[collection.paths[i] for i in indexed],
+        encoder=encoder.name,
+        data_root=collection.root.resolve(),
+        settings=settings,
+    )
+    index.save(index_dir)
+    _write_report(index_dir, report, started)
+    if result.failures:
+        logger.warning(
+            "%d photos skipped; each is listed with its reason in %s",
+            len(result.failures),
+            index_dir / REPORT_FILE,
+        )
+    logger.info(
+        "indexed %d photos in %.1f s", report.photos_indexed, report.seconds_total
+    )
+    return report
+
+
+def _write_report(index_dir: Path, report: BuildReport, started: float) -> None:
+    report.seconds_total = round(time.perf_counter() - started, 3)
+    write_atomically(index_dir / REPORT_FILE, report.to_json().encode("utf-8"))

@@ -1,0 +1,326 @@
+"""The ``harrison-knn`` command line: build, suggest, evaluate, benchmark."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Sequence
+
+from tqdm import tqdm
+
+from . import __version__, voting
+
+logger = logging.getLogger("harrison_knn")
+
+EXIT_USER_ERROR = 2
+
+
+def _fraction_or_count(text: str) -> float | int:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a fraction such as 0.2 or a count such as 5000, got {text!r}"
+        ) from None
+    if value < 0 or (value >= 1 and not value.is_integer()):
+        raise argparse.ArgumentTypeError(
+            f"expected a fraction in [0, 1) or a whole count, got {text!r}"
+        )
+    return int(value) if value >= 1 else value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a whole number, got {text!r}"
+        ) from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(
+            f"expected a number of at least 1, got {value}"
+        )
+    return value
+
+
+def _add_voting_options(parser: argparse.ArgumentParser, saved: bool) -> None:
+    default_note = "the value saved with the index" if saved else "%(default)s"
+    parser.add_argument(
+        "--k",
+        type=_positive_int,
+        default=None if saved else voting.DEFAULT_K,
+        help=f"neighbours that vote (default: {default_note})",
+    )
+    parser.add_argument(
+        "--weighting",
+        choices=voting.WEIGHTINGS,
+        default=None if saved else voting.DEFAULT_WEIGHTING,
+        help=f"how a neighbour's similarity weighs its vote (default: {default_note})",
+    )
+    parser.add_argument(
+        "--temperature",
+        type=float,
+        default=None if saved else voting.DEFAULT_TEMPERATURE,
+        help=f"softmax temperature of the weighting (default: {default_note})",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .encoders import DEFAULT_ENCODER, available_encoders
+
+    parser = argparse.ArgumentParser(
+        prog="harrison-knn",
+        description="Hashtag suggestions for photos by nearest-neighbour voting.",
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"%(prog)s {__version__}"
+    )
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="log debugging detail"
+    )
+    parser.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    build = commands.add_parser(
+        "build",
+        help="embed a HARRISON-layout photo folder and save its index",
+        description=(
+            "Embed every photo listed in DATA_DIR/data_list.txt and save a FAISS "
+            "index with the photos' hashtags. An interrupted build resumes."
+        ),
+    )
+    build.add_argument("data_dir", metavar="DATA_DIR")
+    build.add_argument("--index", required=True, help="index folder, e.g. indexes/NAME")
+    build.add_argument(
+        "--encoder",
+        default=DEFAULT_ENCODER,
+        help=f"image encoder (default: %(default)s); one of: {', '.join(available_encoders())}",
+    )
+    build.add_argument(
+        "--device", default=None, help="torch device (default: cuda if seen)"
+    )
+    build.add_argument(
+        "--holdout",
+        type=_fraction_or_count,
+        default=0,
+        help="photos kept out of the index for 'evaluate': a fraction or a count",
+    )
+    build.add_argument("--seed", type=int, default=0, help="seed of the held-out split")
+    build.add_argument("--batch-size", type=_positive_int, default=32)
+    build.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="decoding processes (default: cores - 1)",
+    )
+    build.add_argument(
+        "--max-failures",
+        type=float,
+        default=0.1,
+        help="fail when a larger share of photos cannot be read (default: %(default)s)",
+    )
+    _add_voting_options(build, saved=False)
+
+    suggest = commands.add_parser(
+        "suggest",
+        help="suggest hashtags for photos",
+        description="Print the best hashtags of each photo, with their scores.",
+    )
+    suggest.add_argument("photos", nargs="+", metavar="PHOTO")
+    suggest.add_argument("--index", required=True, help="index folder")
+    suggest.add_argument(
+        "--top", type=_positive_int, default=5, help="hashtags per photo"
+    )
+    suggest.add_argument(
+        "--neighbours",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also show the N nearest photos that voted",
+    )
+    suggest.add_argument(
+        "--exclude-self",
+        action="store_true",
+        help="leave a photo that is itself indexed out of its own neighbours",
+    )
+    suggest.add_argument("--json", action="store_true", help="print JSON")
+    suggest.add_argument("--device", default=None)
+    _add_voting_options(suggest, saved=True)
+
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="score an index on the photos its build held out",
+        description="Suggest hashtags for the held-out photos and print the metrics.",
+    )
+    evaluate.add_argument("--index", required=True, help="index folder")
+    evaluate.add_argument(
+        "--examples", type=int, default=5, help="held-out photos to show (default: 5)"
+    )
+    evaluate.add_argument(
+        "--json", action="store_true", help="print the metrics as JSON"
+    )
+    evaluate.add_argument("--device", default=None)
+    _add_voting_options(evaluate, saved=True)
+
+    commands.add_parser(
+        "benchmark",
+        help="compare voting with linear heads (see 'harrison-knn benchmark -h')",
+        add_help=False,
+    )
+    return parser
+
+
+def _voting_overrides(args: argparse.Namespace) -> dict:
+    names = ("k", "weighting", "temperature")
+    return {
+        name: getattr(args, name) for name in names if getattr(args, name) is not None
+    }
+
+
+def _run_build(args: argparse.Namespace) -> int:
+    from .build import build_index
+
+    bar = tqdm(total=0, unit="photo", desc="embedding", disable=args.quiet)
+
+    def on_progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    try:
+        report = build_index(
+            args.data_dir,
+            args.index,
+            encoder=args.encoder,
+            device=args.device,
+            holdout=args.holdout,
+            seed=args.seed,
+            batch_size=args.batch_size,
+            num_workers=args.workers,
+            max_failure_share=args.max_failures,
+            voting_settings=_voting_overrides(args),
+            on_progress=on_progress,
+        )
+    finally:
+        bar.close()
+    print(
+        f"indexed {report.photos_indexed} photos with {report.encoder} into {args.index} "
+        f"({report.photos_held_out} held out, {report.photos_skipped} skipped) "
+        f"in {report.seconds_total:.1f} s"
+    )
+    return 0
+
+
+def _print_suggestion(suggestion, neighbours: int) -> None:
+    print(suggestion.photo)
+    if suggestion.error:
+        print(f"  error: {suggestion.error}")
+        return
+    if not suggestion.tags:
+        print("  (no hashtag got a vote)")
+    for tag in suggestion.tags:
+        print(f"  #{tag.tag:<20} {tag.score:.3f}")
+    for neighbour in suggestion.neighbours[:neighbours]:
+        tags = " ".join(f"#{t}" for t in neighbour.tags)
+        print(f"    {neighbour.similarity:.3f}  {neighbour.path}  {tags}")
+
+
+def _run_suggest(args: argparse.Namespace) -> int:
+    from .suggester import TagSuggester
+
+    loading = time.perf_counter()
+    suggester = TagSuggester.load(
+        args.index, device=args.device, **_voting_overrides(args)
+    )
+    loaded = time.perf_counter()
+    suggestions = suggester.suggest_many(
+        args.photos, args.top, exclude_self=args.exclude_self
+    )
+    query_seconds = time.perf_counter() - loaded
+
+    if args.json:
+        print(json.dumps([s.to_dict() for s in suggestions], indent=1))
+    else:
+        for suggestion in suggestions:
+            _print_suggestion(suggestion, args.neighbours)
+        print(
+            f"{len(suggestions)} photo(s) in {query_seconds * 1000:.0f} ms once the "
+            f"index was loaded (loading took {loaded - loading:.1f} s)",
+            file=sys.stderr,
+        )
+    return 1 if all(s.error for s in suggestions) else 0
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from .evaluation import evaluate_holdout
+    from .suggester import TagSuggester
+
+    suggester = TagSuggester.load(
+        args.index, device=args.device, **_voting_overrides(args)
+    )
+    result = evaluate_holdout(args.index, suggester=suggester)
+    if args.json:
+        print(json.dumps(result.metrics, indent=1))
+        return 0
+    for suggestion, truth in list(zip(result.suggestions, result.true_tags))[
+        : args.examples
+    ]:
+        print(suggestion.photo)
+        print("  true:      " + " ".join(f"#{t}" for t in truth))
+        print(
+            "  suggested: "
+            + " ".join(f"#{t.tag}({t.score:.2f})" for t in suggestion.tags)
+        )
+    print(
+        f"\n{len(result.suggestions)} held-out photos: "
+        f"Precision@1 {100 * result.metrics['P@1']:.1f}%  "
+        f"Recall@5 {100 * result.metrics['R@5']:.1f}%  "
+        f"Accuracy@5 {100 * result.metrics['A@5']:.1f}%"
+    )
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["benchmark"]:
+        from .benchmark import main as benchmark_main
+
+        return benchmark_main(argv[1:])
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG
+        if args.verbose
+        else logging.WARNING
+        if args.quiet
+        else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    # faiss reports at INFO which CPU build it loaded; users need not see that.
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+    runners = {"build": _run_build, "suggest": _run_suggest, "evaluate": _run_evaluate}
+    from .build import BuildError
+    from .dataset import AnnotationError
+    from .images import PhotoError
+    from .index import IndexFormatError
+
+    try:
+        return runners[args.command](args)
+    except (AnnotationError, PhotoError, IndexFormatError, BuildError) as error:
+        print(f"harrison-knn {args.command}: {error}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except (FileNotFoundError, ValueError) as error:
+        print(f"harrison-knn {args.command}: {error}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print(
+            "interrupted; run the same command again to resume where it stopped",
+            file=sys.stderr,
+        )
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -97,7 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument(
         "--encoder",
         default=DEFAULT_ENCODER,
-        help=f"image encoder (default: %(default)s); one of: {', '.join(available_encoders())}",
+        help=(
+            "image encoder (default: %(default)s); one of: "
+            + ", ".join(available_encoders())
+        ),
     )
     build.add_argument(
         "--device", default=None, help="torch device (default: cuda if seen)"
@@ -207,7 +210,8 @@ def _run_build(args: argparse.Namespace) -> int:
     finally:
         bar.close()
     print(
-        f"indexed {report.photos_indexed} photos with {report.encoder} into {args.index} "
+        f"indexed {report.photos_indexed} photos with {report.encoder} "
+        f"into {args.index} "
         f"({report.photos_held_out} held out, {report.photos_skipped} skipped) "
         f"in {report.seconds_total:.1f} s"
     )

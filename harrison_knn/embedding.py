@@ -98,7 +98,7 @@ def _limit_worker_threads(_: int) -> None:
 
 
 def default_workers() -> int:
-    """Decoding processes to start beside the encoder: one per spare core, at least 1."""
+    """Decoding processes beside the encoder: one per spare core, at least 1."""
     return max(1, min(4, (os.cpu_count() or 2) - 1))
 
 
@@ -158,8 +158,9 @@ class EmbeddingStore:
             existing = json.loads(manifest_path.read_text(encoding="utf-8"))
             if existing != manifest:
                 raise ValueError(
-                    f"{self.directory} holds embeddings made by {existing.get('encoder')!r} "
-                    f"(width {existing.get('width')}), not by {encoder!r} (width {width}); "
+                    f"{self.directory} holds embeddings made by "
+                    f"{existing.get('encoder')!r} (width {existing.get('width')}), "
+                    f"not by {encoder!r} (width {width}); "
                     "use another folder for this encoder"
                 )
         else:

@@ -322,7 +322,8 @@ class TagIndex:
 
         if vectors.d != metadata["width"] or vectors.ntotal != metadata["photo_count"]:
             raise IndexFormatError(
-                f"{files['vectors']} holds {vectors.ntotal} vectors of width {vectors.d}, "
+                f"{files['vectors']} holds {vectors.ntotal} vectors of width "
+                f"{vectors.d}, "
                 f"but {metadata_path} says {metadata['photo_count']} of width "
                 f"{metadata['width']}"
             )

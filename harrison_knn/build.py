@@ -25,6 +25,7 @@ from .embedding import EmbeddingStore, ProgressCallback, embed_photos
 from .encoders import DEFAULT_ENCODER, Encoder, create_encoder
 from .files import write_atomically
 from .index import TagIndex
+from .tuning import tune_voting
 
 __all__ = [
     "REPORT_FILE",
@@ -39,6 +40,9 @@ logger = logging.getLogger(__name__)
 
 REPORT_FILE = "build-report.json"
 DEFAULT_MAX_FAILURE_SHARE = 0.1
+# Below this many indexed photos, cross-validated tuning is too noisy to trust
+# and the build keeps the library's default voting settings.
+MIN_PHOTOS_TO_TUNE = 50
 
 
 class BuildError(RuntimeError):
@@ -57,6 +61,7 @@ class BuildReport:
     photos_skipped: int
     seconds_embedding: float
     seconds_total: float
+    voting: dict[str, Any] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> str:
@@ -93,6 +98,7 @@ def build_index(
     chunk_size: int = 512,
     max_failure_share: float = DEFAULT_MAX_FAILURE_SHARE,
     voting_settings: dict[str, Any] | None = None,
+    tune: bool = True,
     on_progress: ProgressCallback | None = None,
 ) -> BuildReport:
     """Embed a collection and save its index.
@@ -111,7 +117,11 @@ def build_index(
         max_failure_share: the build fails when a larger share of the photos
             cannot be read.
         voting_settings: voting defaults saved with the index (``k``,
-            ``weighting``, ``temperature``, ``popularity_correction``).
+            ``weighting``, ``temperature``, ``popularity_correction``); the
+            ones given are kept as they are and not tuned.
+        tune: choose the voting settings not given by cross-validation on the
+            indexed photos (see :mod:`harrison_knn.tuning`), and calibrate the
+            score threshold of variable-length answers.
         on_progress: called as ``on_progress(done, total)`` while embedding.
 
     Returns:
@@ -184,20 +194,18 @@ def build_index(
         _write_report(index_dir, report, started)
         raise BuildError(f"no photo of {collection.root} could be indexed")
 
+    labels = collection.label_matrix()[indexed]
     settings = {
-        "voting": {
-            "k": voting.DEFAULT_K,
-            "weighting": voting.DEFAULT_WEIGHTING,
-            "temperature": voting.DEFAULT_TEMPERATURE,
-            "popularity_correction": 0.0,
-            **(voting_settings or {}),
-        },
+        "voting": _voting_settings(
+            result.vectors[indexed], labels, voting_settings or {}, tune, seed
+        ),
         "split": {"holdout": holdout, "seed": seed},
         "held_out": [collection.paths[i] for i in test_ids],
     }
+    report.voting = settings["voting"]
     index = TagIndex.from_embeddings(
         result.vectors[indexed],
-        collection.label_matrix()[indexed],
+        labels,
         vocabulary=collection.vocabulary,
         paths=[collection.paths[i] for i in indexed],
         encoder=encoder.name,
@@ -216,6 +224,55 @@ def build_index(
         "indexed %d photos in %.1f s", report.photos_indexed, report.seconds_total
     )
     return report
+
+
+def _voting_settings(
+    embeddings: np.ndarray,
+    labels,
+    given: dict[str, Any],
+    tune: bool,
+    seed: int,
+) -> dict[str, Any]:
+    """Voting defaults to save: the given ones, tuned ones, or the library's."""
+    unknown = set(given) - {"k", "weighting", "temperature", "popularity_correction"}
+    if unknown:
+        raise ValueError(f"unknown voting settings: {', '.join(sorted(unknown))}")
+    settings = {
+        "k": voting.DEFAULT_K,
+        "weighting": voting.DEFAULT_WEIGHTING,
+        "temperature": voting.DEFAULT_TEMPERATURE,
+        "popularity_correction": 0.0,
+        "threshold": None,
+        "tuned": False,
+    }
+    if tune and len(embeddings) >= MIN_PHOTOS_TO_TUNE:
+        # Settings the caller fixed are searched at that one value only.
+        grid = {}
+        if "k" in given:
+            grid["k"] = (given["k"],)
+        if "weighting" in given or "temperature" in given:
+            grid["weighting"] = (
+                (
+                    given.get("weighting", voting.DEFAULT_WEIGHTING),
+                    given.get("temperature", voting.DEFAULT_TEMPERATURE),
+                ),
+            )
+        if "popularity_correction" in given:
+            grid["popularity_correction"] = (given["popularity_correction"],)
+        result = tune_voting(embeddings, labels, seed=seed, grid=grid)
+        settings.update(result.parameters.as_settings())
+        settings["threshold"] = result.threshold
+        settings["tuned"] = True
+        settings["cross_validation"] = result.candidates[0]
+    elif tune:
+        logger.info(
+            "only %d photos indexed: keeping the default voting settings "
+            "(tuning needs %d)",
+            len(embeddings),
+            MIN_PHOTOS_TO_TUNE,
+        )
+    settings.update(given)
+    return settings
 
 
 def _write_report(index_dir: Path, report: BuildReport, started: float) -> None:

@@ -46,26 +46,46 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _add_voting_options(parser: argparse.ArgumentParser, saved: bool) -> None:
-    default_note = "the value saved with the index" if saved else "%(default)s"
+def _add_voting_options(parser: argparse.ArgumentParser, default_note: str) -> None:
     parser.add_argument(
         "--k",
         type=_positive_int,
-        default=None if saved else voting.DEFAULT_K,
+        default=None,
         help=f"neighbours that vote (default: {default_note})",
     )
     parser.add_argument(
         "--weighting",
         choices=voting.WEIGHTINGS,
-        default=None if saved else voting.DEFAULT_WEIGHTING,
+        default=None,
         help=f"how a neighbour's similarity weighs its vote (default: {default_note})",
     )
     parser.add_argument(
         "--temperature",
         type=float,
-        default=None if saved else voting.DEFAULT_TEMPERATURE,
+        default=None,
         help=f"softmax temperature of the weighting (default: {default_note})",
     )
+    parser.add_argument(
+        "--popularity-correction",
+        type=float,
+        default=None,
+        metavar="ALPHA",
+        help=(
+            "subtract ALPHA times a hashtag's share of all indexed photos from its "
+            f"score, in [0, 1] (default: {default_note})"
+        ),
+    )
+
+
+def _threshold(text: str) -> str | float:
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected 'auto' or a score such as 0.2, got {text!r}"
+        ) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -125,7 +145,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.1,
         help="fail when a larger share of photos cannot be read (default: %(default)s)",
     )
-    _add_voting_options(build, saved=False)
+    build.add_argument(
+        "--no-tune",
+        dest="tune",
+        action="store_false",
+        help="keep the default voting settings instead of tuning them",
+    )
+    _add_voting_options(build, "tuned by cross-validation on the indexed photos")
 
     suggest = commands.add_parser(
         "suggest",
@@ -149,9 +175,19 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="leave a photo that is itself indexed out of its own neighbours",
     )
+    suggest.add_argument(
+        "--threshold",
+        type=_threshold,
+        default=None,
+        help=(
+            "variable-length answer: also drop hashtags scoring below this; "
+            "'auto' uses the threshold calibrated by the build (at most --top "
+            "hashtags, at least one)"
+        ),
+    )
     suggest.add_argument("--json", action="store_true", help="print JSON")
     suggest.add_argument("--device", default=None)
-    _add_voting_options(suggest, saved=True)
+    _add_voting_options(suggest, "the value saved with the index")
 
     evaluate = commands.add_parser(
         "evaluate",
@@ -166,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--json", action="store_true", help="print the metrics as JSON"
     )
     evaluate.add_argument("--device", default=None)
-    _add_voting_options(evaluate, saved=True)
+    _add_voting_options(evaluate, "the value saved with the index")
 
     commands.add_parser(
         "benchmark",
@@ -177,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _voting_overrides(args: argparse.Namespace) -> dict:
-    names = ("k", "weighting", "temperature")
+    names = ("k", "weighting", "temperature", "popularity_correction")
     return {
         name: getattr(args, name) for name in names if getattr(args, name) is not None
     }
@@ -205,6 +241,7 @@ def _run_build(args: argparse.Namespace) -> int:
             num_workers=args.workers,
             max_failure_share=args.max_failures,
             voting_settings=_voting_overrides(args),
+            tune=args.tune,
             on_progress=on_progress,
         )
     finally:
@@ -214,6 +251,15 @@ def _run_build(args: argparse.Namespace) -> int:
         f"into {args.index} "
         f"({report.photos_held_out} held out, {report.photos_skipped} skipped) "
         f"in {report.seconds_total:.1f} s"
+    )
+    chosen = report.voting
+    how = "tuned by cross-validation" if chosen.get("tuned") else "defaults"
+    threshold = chosen.get("threshold")
+    print(
+        f"voting ({how}): k={chosen['k']} weighting={chosen['weighting']} "
+        f"temperature={chosen['temperature']} "
+        f"popularity correction={chosen['popularity_correction']}"
+        + (f" threshold={threshold:.3f}" if threshold is not None else "")
     )
     return 0
 
@@ -241,7 +287,10 @@ def _run_suggest(args: argparse.Namespace) -> int:
     )
     loaded = time.perf_counter()
     suggestions = suggester.suggest_many(
-        args.photos, args.top, exclude_self=args.exclude_self
+        args.photos,
+        args.top,
+        exclude_self=args.exclude_self,
+        threshold=args.threshold,
     )
     query_seconds = time.perf_counter() - loaded
 

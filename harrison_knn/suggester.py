@@ -125,6 +125,7 @@ class TagSuggester:
             raise ValueError(f"k must be at least 1, got {self.k}")
         if encoder is not None:
             _check_encoder(index, encoder)
+        self.threshold = saved.get("threshold")
         self._prior = voting.tag_prior(index.labels)
         self._tag_lists: list[tuple[str, ...]] | None = None
         self._ids_by_file: dict[Path, int] | None = None
@@ -213,8 +214,13 @@ class TagSuggester:
         names: Sequence[str] | None = None,
         k: int | None = None,
         exclude_ids: np.ndarray | None = None,
+        threshold: float | str | None = None,
     ) -> list[Suggestion]:
-        """Suggestions for photos already embedded, ``(q, d) float32`` unit rows."""
+        """Suggestions for photos already embedded, ``(q, d) float32`` unit rows.
+
+        ``top``, ``k`` and ``threshold`` are as for :meth:`suggest`;
+        ``exclude_ids`` as for :meth:`score`; ``names`` label the answers.
+        """
         embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
         if embeddings.ndim != 2:
             raise ValueError(
@@ -229,6 +235,7 @@ class TagSuggester:
             temperature=self.temperature,
         )
         top = _check_top(top, len(self.index.vocabulary))
+        threshold = self._resolve_threshold(threshold)
         tag_ids, tag_scores = rank_tags(scores, top)
         # A hashtag no neighbour carries is never suggested, whatever the
         # popularity correction did to its score.
@@ -242,6 +249,8 @@ class TagSuggester:
                 for t, s in zip(tag_ids[row], tag_scores[row])
                 if voted[row, t]
             ]
+            if threshold is not None:
+                tags = tags[:1] + [t for t in tags[1:] if t.score >= threshold]
             neighbours = [
                 Neighbour(
                     path=self.index.paths[i],
@@ -262,6 +271,7 @@ class TagSuggester:
         *,
         k: int | None = None,
         exclude_self: bool = False,
+        threshold: float | str | None = None,
     ) -> Suggestion:
         """Hashtags for one photo.
 
@@ -271,11 +281,16 @@ class TagSuggester:
             k: neighbours that vote; the suggester's default when None.
             exclude_self: when the photo is itself in the index, leave it out of
                 its own neighbours.
+            threshold: for a variable-length answer, also drop hashtags scoring
+                below this (the best one is always kept); ``"auto"`` uses the
+                threshold the build calibrated. None gives the top ``top``.
 
         Raises:
             PhotoError: the photo cannot be read.
         """
-        result = self.suggest_many([photo], top, k=k, exclude_self=exclude_self)[0]
+        result = self.suggest_many(
+            [photo], top, k=k, exclude_self=exclude_self, threshold=threshold
+        )[0]
         if result.error is not None:
             raise PhotoError(photo, result.error)
         return result
@@ -287,6 +302,7 @@ class TagSuggester:
         *,
         k: int | None = None,
         exclude_self: bool = False,
+        threshold: float | str | None = None,
         batch_size: int = 32,
         num_workers: int = 0,
     ) -> list[Suggestion]:
@@ -294,7 +310,7 @@ class TagSuggester:
 
         Args:
             photos: paths, PIL images or ``(h, w, 3) uint8`` arrays.
-            top, k, exclude_self: see :meth:`suggest`.
+            top, k, exclude_self, threshold: see :meth:`suggest`.
             batch_size: photos per forward pass of the encoder.
             num_workers: decoding processes (0 decodes in this process).
         """
@@ -327,10 +343,23 @@ class TagSuggester:
                 names=[names[p] for p in batch["positions"]],
                 k=k,
                 exclude_ids=exclude,
+                threshold=threshold,
             )
             for position, answer in zip(batch["positions"], answers):
                 results[position] = answer
         return results
+
+    def _resolve_threshold(self, threshold: float | str | None) -> float | None:
+        if threshold == "auto":
+            if self.threshold is None:
+                raise ValueError(
+                    "this index has no calibrated threshold (it was built without "
+                    "tuning); pass a number instead of 'auto'"
+                )
+            return float(self.threshold)
+        if threshold is not None and not isinstance(threshold, (int, float)):
+            raise ValueError(f"threshold must be a number or 'auto', got {threshold!r}")
+        return threshold
 
     def _tags_of_photos(self) -> list[tuple[str, ...]]:
         if self._tag_lists is None:
@@ -362,8 +391,8 @@ def _check_top(top: int, n_tags: int) -> int:
 def _check_encoder(index: TagIndex, encoder: Encoder) -> None:
     if encoder.name != index.encoder or encoder.width != index.width:
         raise IndexFormatError(
-            f"the index was built with encoder {index.encoder!r} (width {index.width}), "
-            f"not {encoder.name!r} (width {encoder.width}); use the same encoder or "
+            f"the index was built with encoder {index.encoder!r} "
+            f"(width {index.width}), not {encoder.name!r} (width {encoder.width}); use the same encoder or "
             "rebuild the index"
         )
 

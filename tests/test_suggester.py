@@ -127,3 +127,26 @@ def test_cli_evaluate_prints_the_three_metrics(built, capsys):
     assert "5 held-out photos: Precision@1" in out
     assert "Recall@5" in out and "Accuracy@5" in out
     assert out.count("  true:") == 2
+
+
+def test_threshold_gives_a_variable_length_answer(built, suggester):
+    data, _, _ = built
+    photo = data / suggester.index.paths[0]
+    full = suggester.suggest(photo, top=10)
+
+    threshold = full.tags[2].score
+
+    cut = suggester.suggest(photo, top=10, threshold=threshold)
+
+    expected = [t.tag for t in full.tags if t.score >= threshold]
+    assert len(expected) >= 3
+    assert len(expected) < len(full.tags)
+    assert [t.tag for t in cut.tags] == expected
+
+
+def test_auto_threshold_needs_a_tuned_index(built, suggester):
+    # 25 indexed photos are too few to tune, so no threshold was calibrated.
+    assert suggester.index.settings["voting"]["tuned"] is False
+
+    with pytest.raises(ValueError, match="no calibrated threshold"):
+        suggester.suggest(built[0] / suggester.index.paths[0], threshold="auto")

@@ -1,0 +1,136 @@
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from harrison_knn.build import _voting_settings
+from harrison_knn.tuning import select_by_threshold, tune_voting
+
+
+def clustered(n_per_cluster=30, clusters=4, seed=0):
+    """Photos in well-separated clusters; cluster c carries hashtag c and a
+    random one of the extra hashtags clusters .. clusters + 3."""
+    rng = np.random.default_rng(seed)
+    centres = np.eye(clusters, 16, dtype=np.float32) * 4
+    rows, labels = [], []
+    for c in range(clusters):
+        points = centres[c] + rng.normal(scale=0.3, size=(n_per_cluster, 16))
+        rows.append(points)
+        for _ in range(n_per_cluster):
+            tags = np.zeros(clusters + 4, dtype=np.float32)
+            tags[c] = 1
+            tags[clusters + rng.integers(4)] = 1
+            labels.append(tags)
+    embeddings = np.concatenate(rows).astype(np.float32)
+    embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)
+    return embeddings, sp.csr_matrix(np.array(labels))
+
+
+def test_every_candidate_is_scored_and_the_best_wins():
+    embeddings, labels = clustered()
+    grid = {
+        "k": (1, 10),
+        "weighting": (("softmax", 0.1), ("count", 0.1)),
+        "popularity_correction": (0.0, 0.5),
+    }
+
+    result = tune_voting(embeddings, labels, folds=3, grid=grid)
+
+    assert len(result.candidates) == 8
+    objectives = [c["objective"] for c in result.candidates]
+    assert objectives == sorted(objectives, reverse=True)
+    assert result.objective == objectives[0]
+    best = result.candidates[0]
+    assert result.parameters.k == best["k"]
+    assert result.parameters.weighting == best["weighting"]
+    # The cluster hashtag is always right: every photo of a cluster carries it.
+    assert best["P@1"] == 1.0
+    assert best["A@5"] == 1.0
+
+
+def test_a_single_candidate_grid_returns_that_setting():
+    embeddings, labels = clustered()
+    grid = {"k": (7,), "weighting": (("rank", 0.1),), "popularity_correction": (0.25,)}
+
+    result = tune_voting(embeddings, labels, folds=2, grid=grid)
+
+    assert result.parameters.as_settings() == {
+        "k": 7,
+        "weighting": "rank",
+        "temperature": 0.1,
+        "popularity_correction": 0.25,
+    }
+
+
+def test_neighbour_counts_larger_than_a_fold_are_dropped():
+    embeddings, labels = clustered(n_per_cluster=5)
+
+    result = tune_voting(embeddings, labels, folds=2, grid={"k": (5, 10, 500)})
+
+    assert sorted({c["k"] for c in result.candidates}) == [5, 10]
+
+
+def test_threshold_keeps_the_cluster_hashtag_and_drops_the_noise():
+    embeddings, labels = clustered()
+
+    result = tune_voting(embeddings, labels, folds=3, grid={"k": (20,)})
+
+    # The cluster hashtag scores about 1, each noise hashtag about 1/4.
+    assert 0.3 < result.threshold <= 1.0
+
+
+def test_same_seed_same_choice():
+    embeddings, labels = clustered(seed=3)
+
+    first = tune_voting(embeddings, labels, folds=3, seed=5)
+    second = tune_voting(embeddings, labels, folds=3, seed=5)
+
+    assert first.parameters == second.parameters
+    assert first.threshold == second.threshold
+
+
+def test_too_few_photos_are_refused():
+    embeddings, labels = clustered(n_per_cluster=1)
+
+    with pytest.raises(ValueError, match="got 4 photos and 5 folds"):
+        tune_voting(embeddings, labels, folds=5)
+
+
+def test_select_by_threshold_keeps_the_best_hashtag_always():
+    scores = np.array([[0.9, 0.5, 0.1, 0.3], [0.05, 0.02, 0.01, 0.0]], dtype=np.float32)
+
+    chosen = select_by_threshold(scores, 0.3)
+
+    assert chosen[0].tolist() == [0, 1, 3]
+    assert chosen[1].tolist() == [0]
+
+
+def test_build_settings_keep_what_the_caller_fixed():
+    embeddings, labels = clustered()
+
+    settings = _voting_settings(embeddings, labels, {"k": 15}, tune=True, seed=0)
+
+    assert settings["k"] == 15
+    assert settings["tuned"] is True
+    assert settings["threshold"] is not None
+
+
+def test_build_settings_without_tuning_are_the_defaults():
+    embeddings, labels = clustered()
+
+    settings = _voting_settings(embeddings, labels, {}, tune=False, seed=0)
+
+    assert settings == {
+        "k": 20,
+        "weighting": "softmax",
+        "temperature": 0.05,
+        "popularity_correction": 0.0,
+        "threshold": None,
+        "tuned": False,
+    }
+
+
+def test_unknown_voting_setting_is_named():
+    embeddings, labels = clustered()
+
+    with pytest.raises(ValueError, match="unknown voting settings: kk"):
+        _voting_settings(embeddings, labels, {"kk": 3}, tune=False, seed=0)

@@ -50,7 +50,9 @@ def neighbour_weights(
             smaller than k, or an excluded photo). Such slots get weight 0.
         weighting: ``"softmax"`` (``exp(similarity / temperature)``),
             ``"similarity"`` (the similarity itself, floored at 0), ``"rank"``
-            (``1 / rank``, rank 1 for the nearest) or ``"count"`` (equal votes).
+            (``1 / rank``, rank 1 for the nearest; neighbours of equal
+            similarity share the mean weight of their ranks) or ``"count"``
+            (equal votes).
         temperature: softmax temperature, > 0; smaller trusts the nearest more.
 
     Returns:
@@ -88,8 +90,7 @@ def neighbour_weights(
     elif weighting == "similarity":
         raw = np.clip(similarities, 0.0, None)
     elif weighting == "rank":
-        ranks = np.arange(1, similarities.shape[1] + 1, dtype=np.float32)
-        raw = np.broadcast_to(1.0 / ranks, similarities.shape)
+        raw = _rank_weights(similarities)
     else:
         raw = np.ones(similarities.shape, dtype=np.float32)
     raw = np.where(valid, raw, 0.0).astype(np.float32)
@@ -104,6 +105,24 @@ def neighbour_weights(
     with np.errstate(invalid="ignore", divide="ignore"):
         weights = np.where(totals > 0, raw / totals, 0.0)
     return weights.astype(np.float32)
+
+
+def _rank_weights(similarities: np.ndarray) -> np.ndarray:
+    """``1 / rank`` of each neighbour, ``(q, k) float32``; ties share their mean.
+
+    The search returns neighbours of equal similarity (duplicate photos) in an
+    order of its own; averaging the weights of the ranks a tie occupies makes
+    the vote independent of that order. Rows must be sorted nearest first, so
+    that tied neighbours sit side by side.
+    """
+    n_queries, k = similarities.shape
+    raw = np.broadcast_to(1.0 / np.arange(1, k + 1, dtype=np.float64), (n_queries, k))
+    starts = np.ones((n_queries, k), dtype=bool)
+    starts[:, 1:] = similarities[:, 1:] != similarities[:, :-1]
+    groups = np.cumsum(starts, axis=1) - 1 + k * np.arange(n_queries)[:, None]
+    sums = np.bincount(groups.ravel(), weights=raw.ravel(), minlength=n_queries * k)
+    counts = np.bincount(groups.ravel(), minlength=n_queries * k)
+    return (sums / np.maximum(counts, 1))[groups].astype(np.float32)
 
 
 def tag_prior(labels: sp.spmatrix | np.ndarray) -> np.ndarray:
@@ -189,6 +208,9 @@ def vote(
         (weights.ravel(), (rows, columns)), shape=(n_queries, n_photos)
     )
     scores = np.asarray((weight_matrix @ labels).todense(), dtype=np.float32)
+    # Float32 rounding can put a share that should be exactly 1 (every voter
+    # carries the hashtag) one step above it.
+    np.minimum(scores, np.float32(1.0), out=scores)
 
     if popularity_correction > 0:
         if prior is None:

@@ -1,8 +1,11 @@
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
-from harrison_knn.voting import neighbour_weights, tag_prior, vote
+from harrison_knn.voting import WEIGHTINGS, neighbour_weights, tag_prior, vote
 
 # Four indexed photos, three hashtags:
 # photo 0 carries tags 0 and 1, photo 1 tag 1, photo 2 tag 2, photo 3 tag 0.
@@ -104,3 +107,145 @@ def test_bad_options_are_named(options, message):
 def test_neighbour_outside_the_index_is_refused():
     with pytest.raises(ValueError, match="neighbour id 7 is outside the index of 4"):
         vote(SIMILARITIES, np.array([[0, 1, 7]]), LABELS)
+
+
+def test_rank_weighting_gives_tied_neighbours_the_mean_of_their_ranks():
+    weights = neighbour_weights(
+        np.array([[0.9, 0.7, 0.7, 0.5]], dtype=np.float32), weighting="rank"
+    )
+
+    # Ranks 2 and 3 are tied, so both get (1/2 + 1/3) / 2 = 5/12; total 25/12.
+    raw = np.array([1.0, 5 / 12, 5 / 12, 1 / 4])
+    np.testing.assert_allclose(weights[0], raw / raw.sum(), rtol=1e-6)
+
+
+def test_share_of_a_hashtag_every_voter_carries_is_exactly_one():
+    # Ten float32 weights of 0.1 add up to 1.0000001 unless the share is capped.
+    every_photo = sp.csr_matrix(np.ones((10, 1), dtype=np.float32))
+
+    scores = vote(
+        np.linspace(0.9, 0.1, 10, dtype=np.float32)[None],
+        np.arange(10)[None],
+        every_photo,
+        weighting="count",
+    )
+
+    assert scores[0, 0] == np.float32(1.0)
+
+
+# Property-based tests: random small indexes, neighbourhoods and settings.
+
+WEIGHTING_SETTINGS = st.sampled_from(WEIGHTINGS)
+TEMPERATURES = st.floats(min_value=1e-3, max_value=10.0)
+SIMILARITY_VALUES = st.floats(min_value=-1.0, max_value=1.0, width=32)
+
+
+@st.composite
+def neighbourhoods(draw, similarity_levels=None):
+    """``(similarities, neighbour_ids, labels)`` as a search would give them.
+
+    Each query's neighbours are distinct photos, nearest first, with empty
+    slots (id -1, similarity -inf) at the end when the index is smaller than k
+    or the query excludes some. With ``similarity_levels``, similarities are
+    drawn from that many values only, so that ties are common.
+    """
+    n_photos = draw(st.integers(1, 12))
+    n_tags = draw(st.integers(1, 6))
+    n_queries = draw(st.integers(1, 4))
+    k = draw(st.integers(1, 10))
+    labels = draw(
+        hnp.arrays(np.float32, (n_photos, n_tags), elements=st.sampled_from([0, 1]))
+    )
+    values = SIMILARITY_VALUES
+    if similarity_levels is not None:
+        values = st.sampled_from(
+            draw(st.lists(SIMILARITY_VALUES, min_size=1, max_size=similarity_levels))
+        )
+    similarities = np.full((n_queries, k), -np.inf, dtype=np.float32)
+    ids = np.full((n_queries, k), -1, dtype=np.int64)
+    for row in range(n_queries):
+        photos = draw(st.permutations(range(n_photos)))
+        found = draw(st.integers(0, min(k, n_photos)))
+        ids[row, :found] = photos[:found]
+        drawn = draw(st.lists(values, min_size=found, max_size=found))
+        similarities[row, :found] = sorted(drawn, reverse=True)
+    return similarities, ids, sp.csr_matrix(labels)
+
+
+@settings(deadline=None)
+@given(neighbourhoods(), WEIGHTING_SETTINGS, TEMPERATURES)
+def test_scores_without_correction_lie_in_zero_one(
+    neighbourhood, weighting, temperature
+):
+    similarities, ids, labels = neighbourhood
+
+    scores = vote(
+        similarities, ids, labels, weighting=weighting, temperature=temperature
+    )
+
+    assert scores.dtype == np.float32
+    assert scores.shape == (len(ids), labels.shape[1])
+    assert scores.min() >= 0.0
+    assert scores.max() <= 1.0
+
+
+@settings(deadline=None)
+@given(
+    neighbourhoods(),
+    WEIGHTING_SETTINGS,
+    TEMPERATURES,
+    st.floats(min_value=0.0, max_value=1.0),
+)
+def test_scores_with_correction_lie_in_minus_alpha_one(
+    neighbourhood, weighting, temperature, alpha
+):
+    similarities, ids, labels = neighbourhood
+
+    scores = vote(
+        similarities,
+        ids,
+        labels,
+        weighting=weighting,
+        temperature=temperature,
+        popularity_correction=alpha,
+    )
+
+    assert scores.min() >= -np.float32(alpha)
+    assert scores.max() <= 1.0
+
+
+@settings(deadline=None)
+@given(neighbourhoods(similarity_levels=3), WEIGHTING_SETTINGS, st.data())
+def test_permuting_tied_neighbours_gives_identical_scores(
+    neighbourhood, weighting, data
+):
+    similarities, ids, labels = neighbourhood
+    permuted = ids.copy()
+    for row in range(len(ids)):
+        for value in np.unique(similarities[row]):
+            tied = np.flatnonzero(similarities[row] == value)
+            permuted[row, tied] = data.draw(st.permutations(ids[row, tied]))
+
+    scores = vote(similarities, ids, labels, weighting=weighting)
+    permuted_scores = vote(similarities, permuted, labels, weighting=weighting)
+
+    np.testing.assert_array_equal(permuted_scores, scores)
+
+
+@settings(deadline=None)
+@given(neighbourhoods(), WEIGHTING_SETTINGS, TEMPERATURES)
+def test_weights_of_a_query_sum_to_one_or_to_zero_without_neighbours(
+    neighbourhood, weighting, temperature
+):
+    similarities, ids, _ = neighbourhood
+
+    weights = neighbour_weights(
+        similarities, ids >= 0, weighting=weighting, temperature=temperature
+    )
+
+    has_neighbours = (ids >= 0).any(axis=1)
+    assert weights.min() >= 0.0
+    assert (weights[ids < 0] == 0).all()
+    np.testing.assert_allclose(
+        weights.sum(axis=1), has_neighbours.astype(np.float32), atol=1e-6
+    )

@@ -342,7 +342,31 @@ class TagIndex:
             raise IndexFormatError(f"{directory}: {error}") from error
 
 
-_REQUIRED_KEYS = ("encoder", "width", "photo_count", "files", "vocabulary", "photos")
+# Every entry the reader relies on, with the JSON type it must have: a metadata
+# file edited by hand must not load with a string where the photo list belongs.
+_REQUIRED_ENTRIES = {
+    "encoder": "a string",
+    "width": "a whole number",
+    "photo_count": "a whole number",
+    "files": "an object",
+    "vocabulary": "a list of strings",
+    "photos": "a list of strings",
+}
+_OPTIONAL_ENTRIES = {
+    "data_root": "a string",
+    "built_at": "a string",
+    "settings": "an object",
+}
+
+
+def _has_json_type(value: Any, expected: str) -> bool:
+    if expected == "a string":
+        return isinstance(value, str)
+    if expected == "a whole number":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if expected == "an object":
+        return isinstance(value, dict)
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)
 
 
 def _read_metadata(path: Path) -> dict[str, Any]:
@@ -358,9 +382,27 @@ def _read_metadata(path: Path) -> dict[str, Any]:
             f"{path} has index format version {version!r}; this harrison-knn reads "
             f"version {FORMAT_VERSION}. Rebuild the index with this version"
         )
-    missing = [key for key in _REQUIRED_KEYS if key not in metadata]
+    missing = [key for key in _REQUIRED_ENTRIES if key not in metadata]
     if missing:
         raise IndexFormatError(f"{path} lacks the entries {', '.join(missing)}")
+    expected_types = {**_REQUIRED_ENTRIES, **_OPTIONAL_ENTRIES}
+    for key, expected in expected_types.items():
+        if key in metadata and not _has_json_type(metadata[key], expected):
+            raise IndexFormatError(
+                f"{path}: the entry {key!r} should be {expected}, "
+                f"got {type(metadata[key]).__name__}"
+            )
+    for role in ("vectors", "labels"):
+        entry = metadata["files"].get(role)
+        if not (
+            isinstance(entry, dict)
+            and isinstance(entry.get("name"), str)
+            and isinstance(entry.get("sha256"), str)
+        ):
+            raise IndexFormatError(
+                f"{path}: the entry files.{role} should be an object with the "
+                f"strings 'name' and 'sha256', got {entry!r}"
+            )
     return metadata
 
 

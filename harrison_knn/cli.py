@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from tqdm import tqdm
 
-from . import __version__, voting
+from . import __version__, threads, voting
 
 logger = logging.getLogger("harrison_knn")
 
@@ -337,6 +337,10 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Before torch and faiss load: idle OpenMP threads then sleep instead of
+    # spinning, so that a query on a busy machine does not wait seconds for
+    # a core that a spinning thread holds (see harrison_knn.threads).
+    threads.prefer_sleeping_threads()
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["benchmark"]:
         from .benchmark import main as benchmark_main

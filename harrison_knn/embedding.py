@@ -1,7 +1,8 @@
 """Embedding many photos: decoding in worker processes, chunked and resumable.
 
 Photos are decoded and preprocessed in DataLoader worker processes while the
-encoder runs on the previous batch. Finished embeddings are written to an
+encoder runs on the previous batch; the measured overlap is recorded in
+``docs/performance.md``. Finished embeddings are written to an
 :class:`EmbeddingStore` in chunks as they are computed, keyed by photo path, so
 a build that is interrupted resumes with the photos it has not done yet. A
 photo that cannot be read is skipped and reported with its reason; it never
@@ -27,8 +28,10 @@ from torch.utils.data import DataLoader, Dataset
 
 from .files import write_atomically
 from .images import PhotoError, load_photo
+from .threads import torch_threads, usable_cores
 
 __all__ = [
+    "DEFAULT_BATCH_SIZE",
     "EmbeddingResult",
     "EmbeddingStore",
     "PhotoDataset",
@@ -39,6 +42,11 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 STORE_FORMAT_VERSION = 1
+
+DEFAULT_BATCH_SIZE = 32
+"""Photos per forward pass. Measured with efficientnet-lite0 on 2 CPU cores, see
+``docs/performance.md``: 8 to 64 differ by a few percent in encoder speed, and
+larger batches delay the first result and the overlap with decoding."""
 _CHUNK_PATTERN = re.compile(r"chunk-(\d{6})\.npz")
 
 ProgressCallback = Callable[[int, int], None]
@@ -97,9 +105,16 @@ def _limit_worker_threads(_: int) -> None:
     torch.set_num_threads(1)
 
 
-def default_workers() -> int:
-    """Decoding processes beside the encoder: one per spare core, at least 1."""
-    return max(1, min(4, (os.cpu_count() or 2) - 1))
+def default_workers(device: str | torch.device = "cpu") -> int:
+    """Decoding processes beside the encoder, at least 1.
+
+    On the CPU one worker per spare core, at most 4: decoding a photo costs
+    far less than encoding it there. A GPU encodes faster than one core decodes,
+    so on CUDA every spare core decodes, up to 16.
+    """
+    spare = usable_cores() - 1
+    limit = 16 if torch.device(device).type == "cuda" else 4
+    return max(1, min(limit, spare))
 
 
 def iterate_batches(
@@ -115,17 +130,35 @@ def iterate_batches(
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     if num_workers < 0:
         raise ValueError(f"num_workers must be 0 or more, got {num_workers}")
+    if num_workers == 0:
+        yield from _decode_here(PhotoDataset(sources, preprocess), batch_size)
+        return
     loader = DataLoader(
         PhotoDataset(sources, preprocess),
         batch_size=batch_size,
         num_workers=num_workers,
         collate_fn=_collate,
-        worker_init_fn=_limit_worker_threads if num_workers else None,
+        worker_init_fn=_limit_worker_threads,
         pin_memory=pin_memory,
-        prefetch_factor=4 if num_workers else None,
+        prefetch_factor=4,
         persistent_workers=False,
     )
     yield from loader
+
+
+def _decode_here(dataset: PhotoDataset, batch_size: int):
+    """Collated batches decoded in this process, one torch thread at a time.
+
+    The tensor steps of preprocessing are too small to gain from threads; with
+    torch's default pool they took 60 ms a photo instead of 1 ms on a 2-core
+    machine that was busy with another program. The thread count is restored
+    before each batch is handed on, so the encoder gets its own.
+    """
+    for start in range(0, len(dataset), batch_size):
+        positions = range(start, min(start + batch_size, len(dataset)))
+        with torch_threads(1):
+            items = [dataset[position] for position in positions]
+        yield _collate(items)
 
 
 class EmbeddingStore:
@@ -257,7 +290,7 @@ def embed_photos(
     *,
     keys: Sequence[str] | None = None,
     store: EmbeddingStore | None = None,
-    batch_size: int = 32,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     num_workers: int | None = None,
     chunk_size: int = 512,
     on_progress: ProgressCallback | None = None,
@@ -285,7 +318,7 @@ def embed_photos(
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
     if num_workers is None:
-        num_workers = default_workers()
+        num_workers = default_workers(encoder.device)
 
     total = len(sources)
     if store is not None:

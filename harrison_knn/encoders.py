@@ -40,6 +40,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .threads import threads_for_batch, torch_threads
+
 if TYPE_CHECKING:
     import PIL.Image
     import torch
@@ -229,13 +231,17 @@ class Encoder:
         memory_format = (
             torch.channels_last if self._channels_last else torch.contiguous_format
         )
-        pixels = batch.to(
-            device=self.device,
-            dtype=torch.float32,
-            memory_format=memory_format,
-            non_blocking=True,
+        # On the CPU a small batch runs on one thread and a large one on every
+        # core: threads that wait for a core another program holds can make a
+        # one-photo query take seconds instead of tens of milliseconds (see
+        # harrison_knn.threads).
+        threads = (
+            threads_for_batch(len(batch))
+            if self.device.type == "cpu"
+            else torch.get_num_threads()
         )
         with (
+            torch_threads(threads),
             torch.inference_mode(),
             torch.autocast(
                 device_type=self.device.type,
@@ -243,11 +249,16 @@ class Encoder:
                 enabled=self.device.type == "cuda",
             ),
         ):
+            pixels = batch.to(
+                device=self.device,
+                dtype=torch.float32,
+                memory_format=memory_format,
+                non_blocking=True,
+            )
             features = self._embed(pixels)
-
-        # Limitation: a row of all-zero features stays zero instead of unit length;
-        # trained networks do not produce one for real photos.
-        unit_rows = functional.normalize(features.float(), dim=1)
+            # Limitation: a row of all-zero features stays zero instead of unit
+            # length; trained networks do not produce one for real photos.
+            unit_rows = functional.normalize(features.float(), dim=1)
         return np.ascontiguousarray(unit_rows.cpu().numpy(), dtype=np.float32)
 
     def encode_images(self, images: Sequence[PIL.Image.Image]) -> np.ndarray:
@@ -263,7 +274,9 @@ class Encoder:
 
         if len(images) == 0:
             return np.zeros((0, self.width), dtype=np.float32)
-        batch = torch.stack([self.preprocess(image) for image in images])
+        # Preprocessing steps are too small to gain from threads; see encode_batch.
+        with torch_threads(1):
+            batch = torch.stack([self.preprocess(image) for image in images])
         return self.encode_batch(batch)
 
     def _embed(self, pixels: torch.Tensor) -> torch.Tensor:

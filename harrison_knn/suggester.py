@@ -20,11 +20,12 @@ from typing import Any
 import numpy as np
 
 from . import voting
-from .embedding import iterate_batches
+from .embedding import DEFAULT_BATCH_SIZE, default_workers, iterate_batches
 from .encoders import Encoder, create_encoder
 from .images import PhotoError
 from .index import IndexFormatError, TagIndex
 from .metrics import rank_tags
+from .threads import faiss_threads, threads_for_batch
 
 __all__ = ["Neighbour", "Suggestion", "TagScore", "TagSuggester"]
 
@@ -181,11 +182,13 @@ class TagSuggester:
         k = self.k if k is None else k
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
-        if exclude_ids is None:
-            similarities, ids = self.index.search(embeddings, k)
-        else:
+        # A few queries search on one thread, like the encoder's small batches.
+        with faiss_threads(threads_for_batch(len(embeddings))):
+            similarities, ids = self.index.search(
+                embeddings, k if exclude_ids is None else k + 1
+            )
+        if exclude_ids is not None:
             exclude_ids = np.asarray(exclude_ids, dtype=np.int64).reshape(-1)
-            similarities, ids = self.index.search(embeddings, k + 1)
             if len(exclude_ids) != len(ids):
                 raise ValueError(
                     f"{len(exclude_ids)} excluded ids for {len(ids)} queries"
@@ -303,8 +306,8 @@ class TagSuggester:
         k: int | None = None,
         exclude_self: bool = False,
         threshold: float | str | None = None,
-        batch_size: int = 32,
-        num_workers: int = 0,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        num_workers: int | None = None,
     ) -> list[Suggestion]:
         """Hashtags for many photos; one that cannot be read gets ``error`` set.
 
@@ -312,12 +315,17 @@ class TagSuggester:
             photos: paths, PIL images or ``(h, w, 3) uint8`` arrays.
             top, k, exclude_self, threshold: see :meth:`suggest`.
             batch_size: photos per forward pass of the encoder.
-            num_workers: decoding processes (0 decodes in this process).
+            num_workers: decoding processes (0 decodes in this process); None
+                starts them only for more than two batches of photos, where
+                they pay for their start.
         """
         if self.encoder is None:
             raise ValueError(
                 "this suggester has no encoder; use TagSuggester.load() or pass one"
             )
+        if num_workers is None:
+            many = len(photos) > 2 * batch_size
+            num_workers = default_workers(self.encoder.device) if many else 0
         names = [_name_of(photo, position) for position, photo in enumerate(photos)]
         results: list[Suggestion | None] = [None] * len(photos)
         for batch in iterate_batches(
@@ -325,6 +333,7 @@ class TagSuggester:
             self.encoder.preprocess,
             batch_size=batch_size,
             num_workers=num_workers,
+            pin_memory=self.encoder.device.type == "cuda",
         ):
             for position, reason in batch["failures"]:
                 results[position] = Suggestion(names[position], error=reason)

@@ -40,6 +40,7 @@ logger = logging.getLogger(__name__)
 
 REPORT_FILE = "build-report.json"
 DEFAULT_MAX_FAILURE_SHARE = 0.1
+SKIPPED_PHOTOS_LOGGED = 20
 # Below this many indexed photos, cross-validated tuning is too noisy to trust
 # and the build keeps the library's default voting settings.
 MIN_PHOTOS_TO_TUNE = 50
@@ -181,6 +182,7 @@ def build_index(
         seconds_total=0.0,
         skipped=dict(sorted(result.failures.items())),
     )
+    _log_skipped(report, index_dir)
     share_failed = len(result.failures) / max(1, len(collection))
     if share_failed > max_failure_share:
         _write_report(index_dir, report, started)
@@ -214,12 +216,6 @@ def build_index(
     )
     index.save(index_dir)
     _write_report(index_dir, report, started)
-    if result.failures:
-        logger.warning(
-            "%d photos skipped; each is listed with its reason in %s",
-            len(result.failures),
-            index_dir / REPORT_FILE,
-        )
     logger.info(
         "indexed %d photos in %.1f s", report.photos_indexed, report.seconds_total
     )
@@ -273,6 +269,23 @@ def _voting_settings(
         )
     settings.update(given)
     return settings
+
+
+def _log_skipped(report: BuildReport, index_dir: Path) -> None:
+    """One warning listing the skipped photos and their reasons (the first 20)."""
+    if not report.skipped:
+        return
+    shown = list(report.skipped.items())[:SKIPPED_PHOTOS_LOGGED]
+    lines = [f"  {path}: {reason}" for path, reason in shown]
+    if len(report.skipped) > len(shown):
+        lines.append(f"  ... and {len(report.skipped) - len(shown)} more")
+    logger.warning(
+        "%d of %d photos skipped; each is listed with its reason in %s:\n%s",
+        report.photos_skipped,
+        report.photos_listed,
+        index_dir / REPORT_FILE,
+        "\n".join(lines),
+    )
 
 
 def _write_report(index_dir: Path, report: BuildReport, started: float) -> None:

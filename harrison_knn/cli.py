@@ -134,6 +134,16 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--seed", type=int, default=0, help="seed of the held-out split")
     build.add_argument("--batch-size", type=_positive_int, default=32)
     build.add_argument(
+        "--chunk-size",
+        type=_positive_int,
+        default=512,
+        help=(
+            "photos per file of the embedding cache, which an interrupted build "
+            "resumes from; it loses the photos not yet in a file "
+            "(default: %(default)s)"
+        ),
+    )
+    build.add_argument(
         "--workers",
         type=int,
         default=None,
@@ -239,6 +249,7 @@ def _run_build(args: argparse.Namespace) -> int:
             seed=args.seed,
             batch_size=args.batch_size,
             num_workers=args.workers,
+            chunk_size=args.chunk_size,
             max_failure_share=args.max_failures,
             voting_settings=_voting_overrides(args),
             tune=args.tune,

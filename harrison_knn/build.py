@@ -32,6 +32,7 @@ __all__ = [
     "BuildError",
     "BuildReport",
     "build_index",
+    "embedding_keys",
     "embedding_store_for",
     "held_out_ids",
 ]
@@ -75,6 +76,25 @@ def embedding_store_for(
     """The embedding cache of ``encoder`` inside an index folder."""
     folder = Path(index_dir) / "embeddings" / EmbeddingStore.folder_name(encoder.name)
     return EmbeddingStore(folder, encoder=encoder.name, width=encoder.width)
+
+
+def embedding_keys(collection: Collection) -> list[str]:
+    """The key of each photo in the embedding cache: path, size, modification time.
+
+    Keying by path alone would hand a photo replaced in place, or another
+    collection's photo under the same path built into the same index folder,
+    the embedding of the photo that was there before.
+    """
+    keys = []
+    for i, path in enumerate(collection.paths):
+        try:
+            status = collection.photo_path(i).stat()
+        except OSError:
+            # An unreadable photo is never stored, so its key is never looked up.
+            keys.append(path)
+            continue
+        keys.append(f"{path} ({status.st_size} bytes, modified {status.st_mtime_ns})")
+    return keys
 
 
 def held_out_ids(index: TagIndex, collection: Collection) -> np.ndarray:
@@ -158,10 +178,11 @@ def build_index(
     )
 
     embedding_started = time.perf_counter()
+    keys = embedding_keys(collection)
     result = embed_photos(
         [collection.photo_path(i) for i in range(len(collection))],
         encoder,
-        keys=collection.paths,
+        keys=keys,
         store=embedding_store_for(index_dir, encoder),
         batch_size=batch_size,
         num_workers=num_workers,
@@ -180,7 +201,13 @@ def build_index(
         photos_skipped=len(result.failures),
         seconds_embedding=round(seconds_embedding, 3),
         seconds_total=0.0,
-        skipped=dict(sorted(result.failures.items())),
+        skipped=dict(
+            sorted(
+                (path, result.failures[key])
+                for path, key in zip(collection.paths, keys)
+                if key in result.failures
+            )
+        ),
     )
     _log_skipped(report, index_dir)
     share_failed = len(result.failures) / max(1, len(collection))

@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .build import embedding_store_for, held_out_ids
+from .build import embedding_keys, embedding_store_for, held_out_ids
 from .dataset import read_collection
 from .metrics import evaluate
 from .suggester import Suggestion, TagSuggester
@@ -53,11 +53,11 @@ def evaluate_holdout(
             "keep a part of the collection for evaluation"
         )
     store = embedding_store_for(index_dir, suggester.encoder)
-    embeddings, found = store.get([collection.paths[i] for i in test_ids])
+    embeddings, found = store.get(embedding_keys(collection.subset(test_ids)))
     if not found.all():
         logger.warning(
-            "%d held-out photos have no embedding (unreadable at build time); "
-            "they are left out of the metrics",
+            "%d held-out photos have no embedding (unreadable at build time, or "
+            "changed since); they are left out of the metrics",
             int((~found).sum()),
         )
     test_ids = test_ids[found]

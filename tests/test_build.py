@@ -13,8 +13,15 @@ import torch
 from conftest import copy_flickr_subset
 
 from harrison_knn import build as build_module
-from harrison_knn.build import REPORT_FILE, BuildError, build_index, embedding_store_for
+from harrison_knn.build import (
+    REPORT_FILE,
+    BuildError,
+    build_index,
+    embedding_keys,
+    embedding_store_for,
+)
 from harrison_knn.cli import main
+from harrison_knn.dataset import read_collection
 from harrison_knn.encoders import create_encoder
 from harrison_knn.images import load_photo
 from harrison_knn.index import TagIndex
@@ -65,7 +72,9 @@ def stored_rows(index_dir):
     rows = {}
     for path in chunk_files(index_dir):
         with np.load(path, allow_pickle=False) as arrays:
-            rows.update(zip(arrays["keys"].tolist(), arrays["vectors"]))
+            # A key is the photo's path followed by its size and modification time.
+            paths = [key.rsplit(" (", 1)[0] for key in arrays["keys"].tolist()]
+            rows.update(zip(paths, arrays["vectors"]))
     return rows
 
 
@@ -135,8 +144,8 @@ def assert_same_index(index, reference, rows=None):
 
 @pytest.fixture(scope="module")
 def reference(shared_data, tmp_path_factory, lite0):
-    """An uninterrupted build of the first 60 flickr photos."""
-    data = copy_flickr_subset(shared_data, tmp_path_factory.mktemp("ref") / "data", 60)
+    """An uninterrupted build of the first 48 flickr photos."""
+    data = copy_flickr_subset(shared_data, tmp_path_factory.mktemp("ref") / "data", 48)
     index_dir = data.parent / "index"
     build_quietly(data, index_dir, lite0)
     return TagIndex.load(index_dir)
@@ -195,20 +204,20 @@ def test_killed_first_build_leaves_no_index_and_the_rerun_resumes(
 def test_killed_rebuild_keeps_the_old_index_and_the_rerun_resumes(
     shared_data, tmp_path, reference, lite0
 ):
-    data = copy_flickr_subset(shared_data, tmp_path / "data", 60)
+    data = copy_flickr_subset(shared_data, tmp_path / "data", 48)
     index_dir = tmp_path / "index"
     set_photo_list(data, 16)
     build_quietly(data, index_dir, lite0)
     old = TagIndex.load(index_dir)
     old_metadata = (index_dir / "metadata.json").read_bytes()
     old_vectors = old.reconstruct(np.arange(16))
-    set_photo_list(data, 60)
+    set_photo_list(data, 48)
 
     chunks = start_and_kill_build(
         data, index_dir, tmp_path / "build.log", chunks_before=16 // CHUNK
     )
 
-    assert 16 // CHUNK < chunks < 60 // CHUNK
+    assert 16 // CHUNK < chunks < 48 // CHUNK
     assert (index_dir / "metadata.json").read_bytes() == old_metadata
     after_kill = TagIndex.load(index_dir)
     assert after_kill.paths == old.paths
@@ -218,6 +227,46 @@ def test_killed_rebuild_keeps_the_old_index_and_the_rerun_resumes(
     build_quietly(data, index_dir, lite0, batch_size=5)
 
     assert_same_index(TagIndex.load(index_dir), reference)
+
+
+def test_photo_replaced_under_the_same_path_is_embedded_again(
+    shared_data, tmp_path, lite0, caplog
+):
+    data = copy_flickr_subset(shared_data, tmp_path / "data", 4)
+    index_dir = tmp_path / "index"
+    build_quietly(data, index_dir, lite0)
+    before = TagIndex.load(index_dir)
+    paths = before.paths
+    (data / paths[0]).write_bytes((data / paths[1]).read_bytes())
+
+    with caplog.at_level(logging.INFO, logger="harrison_knn"):
+        build_quietly(data, index_dir, lite0)
+
+    assert "3 of 4 photos already embedded; 1 to go" in caplog.messages
+    after = TagIndex.load(index_dir)
+    np.testing.assert_allclose(
+        after.reconstruct([0])[0], before.reconstruct([1])[0], rtol=0, atol=1e-6
+    )
+    np.testing.assert_array_equal(
+        after.reconstruct([1, 2, 3]), before.reconstruct([1, 2, 3])
+    )
+
+
+def test_embedding_keys_name_the_path_size_and_modification_time(shared_data, tmp_path):
+    data = copy_flickr_subset(shared_data, tmp_path / "data", 2)
+    (data / "data_list.txt").write_text("missing.jpg\n", encoding="utf-8")
+    (data / "tag_list.txt").write_text("dog\n", encoding="utf-8")
+    photo = data / "photo.jpg"
+    photo.write_bytes(b"12345")
+    os.utime(photo, ns=(1_000_000_000, 2_000_000_000))
+    with open(data / "data_list.txt", "a") as paths:
+        paths.write("photo.jpg\n")
+    with open(data / "tag_list.txt", "a") as tags:
+        tags.write("dog\n")
+
+    keys = embedding_keys(read_collection(data))
+
+    assert keys == ["missing.jpg", "photo.jpg (5 bytes, modified 2000000000)"]
 
 
 # Photos that cannot be read.
@@ -328,8 +377,7 @@ def test_too_many_unreadable_photos_fail_the_build_keeping_the_work_done(
     assert saved["photos_skipped"] == 5
     assert_broken_photos_reported(saved["skipped"])
     store = embedding_store_for(index_dir, lite0)
-    paths = (broken_collection / "data_list.txt").read_text().splitlines()
-    _, found = store.get(paths)
+    _, found = store.get(embedding_keys(read_collection(broken_collection)))
     assert found.tolist() == [True] * 10 + [False] * 5
 
     with caplog.at_level(logging.INFO, logger="harrison_knn"):

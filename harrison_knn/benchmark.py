@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -40,8 +40,12 @@ import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
 from . import voting
-from .dataset import fold_indices, read_collection, split_indices
+from .dataset import Collection, fold_indices, read_collection, split_indices
 from .index import TagIndex
+
+if TYPE_CHECKING:
+    from .embedding import EmbeddingStore
+    from .encoders import Encoder
 from .linear import LogisticHead, TorchLinearHead
 from .metrics import evaluate, rank_tags
 from .suggester import TagSuggester
@@ -228,14 +232,14 @@ class BenchmarkResult:
         """Quality, recall and cost tables in markdown, mean ± std over splits."""
         summary = self.summary()
         n_splits = self.splits.groupby("method", sort=False).size().iloc[0]
-        over = f"over {n_splits} splits" if n_splits > 1 else "one split, no std"
+        spread = f"mean ± std over {n_splits} splits" if n_splits > 1 else "one split"
         parts = [
-            f"Quality, % (mean ± std, {over})",
+            f"Quality, % ({spread})",
             _markdown(_percent_table(summary, QUALITY_COLUMNS)),
-            f"Recall@k, % (mean ± std, {over})",
+            f"Recall@k, % ({spread})",
             _markdown(_percent_table(summary, RECALL_COLUMNS)),
             (
-                f"Cost (mean ± std, {over}; queries take their embedding as "
+                f"Cost ({spread}; queries take their embedding as "
                 f"given and include ranking the top {SUGGESTED} hashtags; one "
                 "query runs on one thread, a batch on all)"
             ),
@@ -662,7 +666,7 @@ def _collection_input(args: argparse.Namespace) -> _Input:
 
     With ``--index`` the encoder is loaded only when some photo is not cached.
     """
-    from .build import embedding_store_for
+    from .build import embedding_keys, embedding_store_for
     from .encoders import create_encoder
 
     encoder = None
@@ -682,7 +686,10 @@ def _collection_input(args: argparse.Namespace) -> _Input:
         identity = _EncoderIdentity(encoder.name, encoder.width)
     collection = read_collection(data_dir)
     store = embedding_store_for(cache_dir, identity)
-    vectors, ok = store.get(collection.paths)
+    # The keys a build uses, so that a build's cache serves the benchmark and
+    # the other way round.
+    keys = embedding_keys(collection)
+    vectors, ok = store.get(keys)
     cached = int(ok.sum())
     logger.info(
         "%d of %d photos of %s are in the embedding cache %s",
@@ -697,7 +704,7 @@ def _collection_input(args: argparse.Namespace) -> _Input:
     if cached < len(collection):
         if encoder is None:
             encoder = create_encoder(identity.name, device=args.device)
-        vectors, ok, failures = _embed(args, collection, encoder, store)
+        vectors, ok, failures = _embed(args, collection, keys, encoder, store)
     kept = np.flatnonzero(ok)
     if failures:
         logger.warning(
@@ -722,7 +729,13 @@ def _collection_input(args: argparse.Namespace) -> _Input:
     )
 
 
-def _embed(args, collection, encoder, store) -> tuple[np.ndarray, np.ndarray, dict]:
+def _embed(
+    args: argparse.Namespace,
+    collection: Collection,
+    keys: list[str],
+    encoder: Encoder,
+    store: EmbeddingStore,
+) -> tuple[np.ndarray, np.ndarray, dict[str, str]]:
     """Embed the photos the cache lacks, with a progress bar."""
     from tqdm import tqdm
 
@@ -740,7 +753,7 @@ def _embed(args, collection, encoder, store) -> tuple[np.ndarray, np.ndarray, di
         result = embed_photos(
             [collection.photo_path(i) for i in range(len(collection))],
             encoder,
-            keys=collection.paths,
+            keys=keys,
             store=store,
             batch_size=args.batch_size,
             num_workers=args.workers,

@@ -1,5 +1,6 @@
 import copy
 import json
+import shutil
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -389,3 +390,19 @@ def test_one_suggester_used_from_8_threads_answers_as_from_one(
     assert together[1::2] == alone[1:]
     # Afterwards a batch is still answered as before.
     assert work(0) == alone[0]
+
+
+def test_cli_suggest_with_a_damaged_index_exits_2(built, tmp_path, capsys):
+    data, index_dir, _ = built
+    damaged = tmp_path / "damaged"
+    shutil.copytree(index_dir, damaged, ignore=shutil.ignore_patterns("embeddings"))
+    vectors = next(damaged.glob("vectors-*.faiss"))
+    vectors.write_bytes(vectors.read_bytes()[:-1])
+
+    code = main(["suggest", "--index", str(damaged), str(data / "data_list.txt")])
+
+    assert code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"harrison-knn suggest: {vectors} is damaged (its checksum does not match "
+        f"{damaged}/metadata.json); rebuild the index with 'harrison-knn build'"
+    )

@@ -403,8 +403,8 @@ def _check_encoder(index: TagIndex, encoder: Encoder) -> None:
     if encoder.name != index.encoder or encoder.width != index.width:
         raise IndexFormatError(
             f"the index was built with encoder {index.encoder!r} "
-            f"(width {index.width}), not {encoder.name!r} (width {encoder.width}); use the same encoder or "
-            "rebuild the index"
+            f"(width {index.width}), not {encoder.name!r} (width {encoder.width}); "
+            "use the same encoder or rebuild the index"
         )
 
 

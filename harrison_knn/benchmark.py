@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -40,12 +40,12 @@ import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
 from . import voting
+from .build import embedding_keys, embedding_store_for
 from .dataset import Collection, fold_indices, read_collection, split_indices
+from .embedding import EmbeddingStore, embed_photos
+from .encoders import DEFAULT_ENCODER, Encoder, create_encoder
+from .heads import HEADS, fit_head, head_folder
 from .index import TagIndex
-
-if TYPE_CHECKING:
-    from .embedding import EmbeddingStore
-    from .encoders import Encoder
 from .linear import LogisticHead, TorchLinearHead
 from .metrics import evaluate, rank_tags
 from .suggester import TagSuggester
@@ -295,7 +295,8 @@ def run_benchmark(
             each on one thread.
 
     Returns:
-        A :class:`BenchmarkResult`; its ``settings`` are left for the caller.
+        A :class:`BenchmarkResult` whose ``settings`` hold each method's
+        parameters; the caller adds what it knows about the data.
 
     Raises:
         ValueError: mismatched shapes, fewer than 10 hashtags, no split or no
@@ -321,6 +322,7 @@ def run_benchmark(
         raise ValueError("no method to run; give at least one")
 
     rows = []
+    parameters: dict[str, dict[str, Any]] = {}
     for number, (train_ids, test_ids) in enumerate(splits, start=1):
         train_embeddings = embeddings[train_ids]
         train_labels = labels[train_ids]
@@ -335,8 +337,10 @@ def run_benchmark(
                 len(train_ids),
                 len(test_ids),
             )
+            method = factory()
+            parameters.setdefault(name, _parameters(method))
             figures = _measure(
-                factory(),
+                method,
                 train_embeddings,
                 train_labels,
                 test_embeddings,
@@ -364,7 +368,22 @@ def run_benchmark(
                     **figures,
                 }
             )
-    return BenchmarkResult(pd.DataFrame(rows))
+    return BenchmarkResult(pd.DataFrame(rows), {"method_parameters": parameters})
+
+
+def _parameters(method: Method) -> dict[str, Any]:
+    """A method's settings for the record: its, or its head's, plain parameters."""
+    settings = getattr(method, "head", method)
+    if hasattr(settings, "get_params"):
+        values = settings.get_params()
+    else:
+        values = {k: v for k, v in vars(settings).items() if not k.endswith("_")}
+    plain = (bool, int, float, str, tuple, type(None))
+    return {
+        name: list(value) if isinstance(value, tuple) else value
+        for name, value in values.items()
+        if isinstance(value, plain)
+    }
 
 
 def _measure(
@@ -666,9 +685,6 @@ def _collection_input(args: argparse.Namespace) -> _Input:
 
     With ``--index`` the encoder is loaded only when some photo is not cached.
     """
-    from .build import embedding_keys, embedding_store_for
-    from .encoders import create_encoder
-
     encoder = None
     if args.index is not None:
         index = TagIndex.load(args.index, verify=False)
@@ -682,7 +698,7 @@ def _collection_input(args: argparse.Namespace) -> _Input:
     else:
         data_dir = Path(args.data_dir)
         cache_dir = Path(args.cache or Path("indexes") / data_dir.resolve().name)
-        encoder = create_encoder(args.encoder or _default_encoder(), device=args.device)
+        encoder = create_encoder(args.encoder or DEFAULT_ENCODER, device=args.device)
         identity = _EncoderIdentity(encoder.name, encoder.width)
     collection = read_collection(data_dir)
     store = embedding_store_for(cache_dir, identity)
@@ -739,8 +755,6 @@ def _embed(
     """Embed the photos the cache lacks, with a progress bar."""
     from tqdm import tqdm
 
-    from .embedding import embed_photos
-
     bar = tqdm(
         total=len(collection), unit="photo", desc="embedding", disable=args.quiet
     )
@@ -762,12 +776,6 @@ def _embed(
     finally:
         bar.close()
     return result.vectors, result.ok, result.failures
-
-
-def _default_encoder() -> str:
-    from .encoders import DEFAULT_ENCODER
-
-    return DEFAULT_ENCODER
 
 
 def _scale_input(args: argparse.Namespace) -> _Input:
@@ -864,8 +872,6 @@ def _write_outputs(result: BenchmarkResult, output: Path) -> dict[str, Path]:
 
 
 def _save_heads(args: argparse.Namespace, methods: Mapping[str, Any]) -> list[Path]:
-    from .heads import HEADS, fit_head, head_folder
-
     names = [name for name in methods if name in HEADS]
     epochs = args.torch_epochs
     params = {"torch-linear": {"epochs": epochs}} if epochs is not None else {}
@@ -995,6 +1001,8 @@ def _check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) 
         parser.error("--scale generates its embeddings; it takes no --index")
     if not args.scale and args.data_dir is None and args.index is None:
         parser.error("give DATA_DIR, --index indexes/NAME, or --scale DATA_DIR")
+    if args.cache and args.index:
+        parser.error("--index uses that index's cache; give --cache or --index")
     if args.save_heads and args.index is None:
         parser.error("--save-heads needs --index: heads are saved beside a built index")
     if args.folds is not None and args.seeds is not None:
@@ -1049,6 +1057,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     total_seconds = time.perf_counter() - started
     result.settings = {
+        **result.settings,
         "command": ["harrison-knn", "benchmark", *arguments],
         "data": source.facts,
         "photos": len(source.embeddings),
@@ -1072,7 +1081,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"saved head: {path}")
     print(
         f"wrote {paths['json']}, {paths['tables']} and {paths['plot']}; "
-        f"{len(source.embeddings)} photos, {len(splits)} splits, "
+        f"{len(source.embeddings)} photos, {len(splits)} split(s), "
         f"{total_seconds:.0f} s in all "
         f"(load average {machine_before['load_average'][0]:.2f} at start, "
         f"{result.settings['machine_at_end']['load_average'][0]:.2f} at end)"

@@ -92,6 +92,8 @@ def test_scale_run_json_holds_every_figure_per_split(scale_run):
         "seed": 0,
     }
     assert report["settings"]["data"]["hashtags"] == N_TAGS
+    assert report["settings"]["method_parameters"]["voting"]["k"] == 20
+    assert report["settings"]["method_parameters"]["torch-linear"]["epochs"] == 30
 
 
 def test_scale_run_writes_the_plot(scale_run):

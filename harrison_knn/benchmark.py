@@ -49,6 +49,7 @@ from .index import TagIndex
 from .linear import LogisticHead, TorchLinearHead
 from .metrics import evaluate, rank_tags
 from .suggester import TagSuggester
+from .tuning import tune_voting
 
 __all__ = [
     "BENCHMARK_KS",
@@ -58,6 +59,7 @@ __all__ = [
     "Method",
     "MethodFactory",
     "PopularityMethod",
+    "TunedVotingMethod",
     "VotingMethod",
     "main",
     "plot_precision_recall",
@@ -156,6 +158,35 @@ class VotingMethod:
         return scores
 
 
+class TunedVotingMethod:
+    """Voting with its settings chosen by cross-validation inside ``fit``.
+
+    ``fit`` runs :func:`harrison_knn.tuning.tune_voting` on the training part
+    of the split alone, the same search ``harrison-knn build`` runs, then
+    indexes it with the winning setting: the test part never takes part in
+    the choice, so the scores are those of a nested cross-validation.
+
+    Args:
+        folds: inner folds of the search.
+        max_queries: inner queries per fold at most (bounds the time at scale).
+    """
+
+    def __init__(self, folds: int = 5, max_queries: int = 2000) -> None:
+        self.folds = folds
+        self.max_queries = max_queries
+
+    def fit(self, embeddings: np.ndarray, labels: sp.csr_matrix) -> TunedVotingMethod:
+        self.tuning_ = tune_voting(
+            embeddings, labels, folds=self.folds, max_queries=self.max_queries
+        )
+        self.voting_ = VotingMethod(**self.tuning_.parameters.as_settings())
+        self.voting_.fit(embeddings, labels)
+        return self
+
+    def scores(self, embeddings: np.ndarray) -> np.ndarray:
+        return self.voting_.scores(embeddings)
+
+
 class HeadMethod:
     """A linear head of :mod:`harrison_knn.linear` as a benchmark method.
 
@@ -187,6 +218,7 @@ class PopularityMethod:
 
 METHODS: dict[str, MethodFactory] = {
     "voting": VotingMethod,
+    "tuned-voting": TunedVotingMethod,
     "logistic": lambda: HeadMethod(LogisticHead()),
     "torch-linear": lambda: HeadMethod(TorchLinearHead()),
     "popularity": PopularityMethod,

@@ -3,11 +3,13 @@
 import contextlib
 import io
 import json
+import types
 
 import numpy as np
 import pytest
 import scipy.sparse as sp
 
+from harrison_knn import cli
 from harrison_knn.benchmark import (
     BENCHMARK_KS,
     METHODS,
@@ -58,7 +60,8 @@ def scale_run(tmp_path_factory):
     arguments += ["--folds", "2", "--torch-epochs", "30", "--output", str(output)]
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
-        status = main([*arguments, "-q"])
+        # Through the command line, as `harrison-knn benchmark ...` runs it.
+        status = cli.main(["benchmark", *arguments, "-q"])
     assert status == 0
     return printed.getvalue(), output
 
@@ -205,8 +208,8 @@ def test_index_mode_reads_the_cache_and_saves_heads_beside_the_index(tmp_path):
         data_root=data,
     ).save(index_dir)
     # A cache as a build leaves it, so no photo (there are none) is embedded.
-    identity = type("Identity", (), {"name": "efficientnet-lite0", "width": 1280})
-    embedding_store_for(index_dir, identity).add(paths, embeddings)
+    encoder = types.SimpleNamespace(name="efficientnet-lite0", width=1280)
+    embedding_store_for(index_dir, encoder).add(paths, embeddings)
     output = tmp_path / "out"
 
     status = main(

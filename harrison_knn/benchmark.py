@@ -1056,15 +1056,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     arguments = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(arguments)
     _check_arguments(parser, args)
-    logging.basicConfig(
-        level=logging.DEBUG
-        if args.verbose
-        else logging.WARNING
-        if args.quiet
-        else logging.INFO,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
-    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+    from .cli import configure_logging
+
+    configure_logging(verbose=args.verbose, quiet=args.quiet)
     started = time.perf_counter()
     machine_before = _machine()
 

@@ -347,6 +347,16 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def configure_logging(*, verbose: bool, quiet: bool) -> None:
+    """Log to stderr: debugging detail, warnings only, or progress (the default)."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    # faiss reports at INFO which CPU build it loaded; users need not see that.
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     # Before torch and faiss load: idle OpenMP threads then sleep instead of
     # spinning, so that a query on a busy machine does not wait seconds for
@@ -358,16 +368,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return benchmark_main(argv[1:])
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG
-        if args.verbose
-        else logging.WARNING
-        if args.quiet
-        else logging.INFO,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
-    # faiss reports at INFO which CPU build it loaded; users need not see that.
-    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+    configure_logging(verbose=args.verbose, quiet=args.quiet)
     runners = {"build": _run_build, "suggest": _run_suggest, "evaluate": _run_evaluate}
     from .build import BuildError
     from .dataset import AnnotationError

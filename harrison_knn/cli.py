@@ -327,7 +327,12 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     )
     result = evaluate_holdout(args.index, suggester=suggester)
     if args.json:
-        print(json.dumps(result.metrics, indent=1))
+        print(
+            json.dumps(
+                {"voting": result.metrics, "popularity": result.popularity_metrics},
+                indent=1,
+            )
+        )
         return 0
     for suggestion, truth in list(zip(result.suggestions, result.true_tags))[
         : args.examples
@@ -338,12 +343,16 @@ def _run_evaluate(args: argparse.Namespace) -> int:
             "  suggested: "
             + " ".join(f"#{t.tag}({t.score:.2f})" for t in suggestion.tags)
         )
-    print(
-        f"\n{len(result.suggestions)} held-out photos: "
-        f"Precision@1 {100 * result.metrics['P@1']:.1f}%  "
-        f"Recall@5 {100 * result.metrics['R@5']:.1f}%  "
-        f"Accuracy@5 {100 * result.metrics['A@5']:.1f}%"
-    )
+    print(f"\n{len(result.suggestions)} held-out photos:")
+    for name, metrics in (
+        ("neighbour voting", result.metrics),
+        ("popularity (always the most frequent hashtags)", result.popularity_metrics),
+    ):
+        print(
+            f"  Precision@1 {100 * metrics['P@1']:5.1f}%  "
+            f"Recall@5 {100 * metrics['R@5']:5.1f}%  "
+            f"Accuracy@5 {100 * metrics['A@5']:5.1f}%  {name}"
+        )
     return 0
 
 

@@ -7,10 +7,13 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from .build import embedding_keys, embedding_store_for, held_out_ids
 from .dataset import read_collection
 from .metrics import evaluate
 from .suggester import Suggestion, TagSuggester
+from .voting import tag_prior
 
 __all__ = ["HoldoutEvaluation", "evaluate_holdout"]
 
@@ -25,6 +28,9 @@ class HoldoutEvaluation:
     true_tags: list[list[str]]
     metrics: dict[str, float]
     skipped: int
+    popularity_metrics: dict[str, float]
+    """The floor: the same metrics when every photo gets the index's most
+    frequent hashtags."""
 
 
 def evaluate_holdout(
@@ -65,6 +71,7 @@ def evaluate_holdout(
 
     truth = collection.label_matrix()[test_ids]
     scores, _, _ = suggester.score(embeddings)
+    popularity = np.tile(tag_prior(index.labels), (len(test_ids), 1))
     suggestions = suggester.suggest_embeddings(
         embeddings, top, names=[collection.paths[i] for i in test_ids]
     )
@@ -73,4 +80,5 @@ def evaluate_holdout(
         true_tags=[collection.tags[i] for i in test_ids],
         metrics=evaluate(scores, truth),
         skipped=int((~found).sum()),
+        popularity_metrics=evaluate(popularity, truth),
     )

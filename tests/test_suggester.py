@@ -128,8 +128,9 @@ def test_cli_evaluate_prints_the_three_metrics(built, capsys):
 
     out = capsys.readouterr().out
     assert code == 0
-    assert "5 held-out photos: Precision@1" in out
+    assert "5 held-out photos:\n  Precision@1" in out
     assert "Recall@5" in out and "Accuracy@5" in out
+    assert out.rstrip().endswith("popularity (always the most frequent hashtags)")
     assert out.count("  true:") == 2
 
 

@@ -114,7 +114,7 @@ def build_index(
     device: str | None = None,
     holdout: float = 0,
     seed: int = 0,
-    batch_size: int = 32,
+    batch_size: int | None = None,
     num_workers: int | None = None,
     chunk_size: int = 512,
     max_failure_share: float = DEFAULT_MAX_FAILURE_SHARE,

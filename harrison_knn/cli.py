@@ -132,7 +132,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="photos kept out of the index for 'evaluate': a fraction or a count",
     )
     build.add_argument("--seed", type=int, default=0, help="seed of the held-out split")
-    build.add_argument("--batch-size", type=_positive_int, default=32)
+    build.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=None,
+        help="photos per forward pass (default: 8 on the CPU, 256 on a GPU)",
+    )
     build.add_argument(
         "--chunk-size",
         type=_positive_int,

@@ -31,10 +31,12 @@ from .images import PhotoError, load_photo
 from .threads import torch_threads, usable_cores
 
 __all__ = [
-    "DEFAULT_BATCH_SIZE",
+    "CPU_BATCH_SIZE",
+    "CUDA_BATCH_SIZE",
     "EmbeddingResult",
     "EmbeddingStore",
     "PhotoDataset",
+    "default_batch_size",
     "default_workers",
     "embed_photos",
 ]
@@ -43,10 +45,16 @@ logger = logging.getLogger(__name__)
 
 STORE_FORMAT_VERSION = 1
 
-DEFAULT_BATCH_SIZE = 32
-"""Photos per forward pass. Measured with efficientnet-lite0 on 2 CPU cores, see
-``docs/performance.md``: 8 to 64 differ by a few percent in encoder speed, and
-larger batches delay the first result and the overlap with decoding."""
+CPU_BATCH_SIZE = 8
+"""Photos per forward pass on the CPU. Measured with efficientnet-lite0 on 2 cores
+(``docs/performance.md``): batches of 8 ran at 36 photos/s, 16 at 33, 32 at 28
+and 64 at 24; a large batch's activations no longer fit the CPU caches."""
+
+CUDA_BATCH_SIZE = 256
+"""Photos per forward pass on a GPU.
+
+Limitation: not measured yet; ``scripts/bench_gpu.py`` compares 64 to 512.
+"""
 _CHUNK_PATTERN = re.compile(r"chunk-(\d{6})\.npz")
 
 ProgressCallback = Callable[[int, int], None]
@@ -103,6 +111,11 @@ def _limit_worker_threads(_: int) -> None:
     # Each worker decodes one photo at a time; letting torch start a thread pool
     # per worker would only fight the encoder for the same cores.
     torch.set_num_threads(1)
+
+
+def default_batch_size(device: str | torch.device = "cpu") -> int:
+    """Photos per forward pass: :data:`CUDA_BATCH_SIZE` on CUDA, else the CPU's."""
+    return CUDA_BATCH_SIZE if torch.device(device).type == "cuda" else CPU_BATCH_SIZE
 
 
 def default_workers(device: str | torch.device = "cpu") -> int:
@@ -290,7 +303,7 @@ def embed_photos(
     *,
     keys: Sequence[str] | None = None,
     store: EmbeddingStore | None = None,
-    batch_size: int = DEFAULT_BATCH_SIZE,
+    batch_size: int | None = None,
     num_workers: int | None = None,
     chunk_size: int = 512,
     on_progress: ProgressCallback | None = None,
@@ -303,7 +316,8 @@ def embed_photos(
         keys: a name per photo for the store and the failure report; defaults
             to ``str(source)``.
         store: where finished embeddings are saved and looked up.
-        batch_size: photos per forward pass.
+        batch_size: photos per forward pass; None picks
+            :func:`default_batch_size`.
         num_workers: decoding processes; None picks :func:`default_workers`.
         chunk_size: photos per chunk file written to the store.
         on_progress: called as ``on_progress(done, total)`` after each batch.
@@ -317,6 +331,8 @@ def embed_photos(
         raise ValueError(f"{len(keys)} keys for {len(sources)} photos")
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
+    if batch_size is None:
+        batch_size = default_batch_size(encoder.device)
     if num_workers is None:
         num_workers = default_workers(encoder.device)
 

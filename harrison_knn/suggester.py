@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from . import voting
-from .embedding import DEFAULT_BATCH_SIZE, default_workers, iterate_batches
+from .embedding import default_batch_size, default_workers, iterate_batches
 from .encoders import Encoder, create_encoder
 from .images import PhotoError
 from .index import IndexFormatError, TagIndex
@@ -30,6 +30,11 @@ from .threads import faiss_threads, threads_for_batch
 __all__ = ["Neighbour", "Suggestion", "TagScore", "TagSuggester"]
 
 logger = logging.getLogger(__name__)
+
+PHOTOS_WORTH_WORKERS = 32
+"""suggest_many decodes more photos than this in worker processes by default.
+Starting a worker took 0.1 s on a 2-core machine, the time decoding 16 photos
+in the calling process takes."""
 
 
 @dataclass(frozen=True)
@@ -308,7 +313,7 @@ class TagSuggester:
         k: int | None = None,
         exclude_self: bool = False,
         threshold: float | str | None = None,
-        batch_size: int = DEFAULT_BATCH_SIZE,
+        batch_size: int | None = None,
         num_workers: int | None = None,
     ) -> list[Suggestion]:
         """Hashtags for many photos; one that cannot be read gets ``error`` set.
@@ -316,17 +321,20 @@ class TagSuggester:
         Args:
             photos: paths, PIL images or ``(h, w, 3) uint8`` arrays.
             top, k, exclude_self, threshold: see :meth:`suggest`.
-            batch_size: photos per forward pass of the encoder.
+            batch_size: photos per forward pass of the encoder; None picks
+                :func:`~harrison_knn.embedding.default_batch_size`.
             num_workers: decoding processes (0 decodes in this process); None
-                starts them only for more than two batches of photos, where
-                they pay for their start.
+                starts them only for more than :data:`PHOTOS_WORTH_WORKERS`
+                photos.
         """
         if self.encoder is None:
             raise ValueError(
                 "this suggester has no encoder; use TagSuggester.load() or pass one"
             )
+        if batch_size is None:
+            batch_size = default_batch_size(self.encoder.device)
         if num_workers is None:
-            many = len(photos) > 2 * batch_size
+            many = len(photos) > PHOTOS_WORTH_WORKERS
             num_workers = default_workers(self.encoder.device) if many else 0
         names = [_name_of(photo, position) for position, photo in enumerate(photos)]
         results: list[Suggestion | None] = [None] * len(photos)

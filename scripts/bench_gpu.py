@@ -46,10 +46,9 @@ def parse_arguments(argv: Sequence[str] | None):
     parser = bench_throughput.build_parser(
         description=__doc__,
         encoder=GPU_ENCODER,
-        batch_size=None,
-        batch_size_help="photos per forward pass (256 on CUDA, 16 on the CPU)",
+        batch_size_help="photos per forward pass (256 on CUDA, 8 on the CPU)",
     )
-    parser.set_defaults(batch_size=None, repeat=None, sweep_batch_sizes=None)
+    parser.set_defaults(repeat=None, sweep_batch_sizes=None)
     parser.add_argument(
         "--index-size",
         type=int,
@@ -64,8 +63,6 @@ def parse_arguments(argv: Sequence[str] | None):
     )
     args = parser.parse_args(argv)
     on_gpu = _on_gpu(args.device)
-    if args.batch_size is None:
-        args.batch_size = 256 if on_gpu else 16
     if args.repeat is None:
         # A GPU embeds the 987 photos in about a second; repeating the list
         # makes the timed runs long enough to be steady.

@@ -3,18 +3,20 @@
 
 On the same photos, one after the other:
 
-1. decoding: every photo decoded and preprocessed in this process, one thread
-   (these tensors feed step 2);
-2. encoder only: the network on those preprocessed tensors, already in memory;
-3. end-to-end build: ``embed_photos`` from the JPEG files on disk to embeddings
+1. end-to-end build: ``embed_photos`` from the JPEG files on disk to embeddings
    in an embedding store, the path ``build_index`` takes, with its decoding
-   workers; its ratio to step 2 says how much of the encoder's own speed the
-   build keeps;
+   workers. The files are read once before and the network runs one untimed
+   batch, so that neither disk reads nor first-call set-up count;
+2. decoding: every photo decoded and preprocessed in this process, one thread;
+3. encoder only: the network on those preprocessed tensors, already in memory.
+   The ratio of 1 to 3 says how much of the encoder's own speed a build keeps;
 4. the index saved and loaded back with ``TagSuggester.load``;
 5. single-photo latency: ``TagSuggester.suggest`` on one photo file at a time;
 6. batch suggestions: ``TagSuggester.suggest_many`` on all the photos, and
    ``suggest_embeddings`` on their embeddings (search and voting only);
-7. peak memory: ``ru_maxrss`` of this process and of its largest worker.
+7. peak memory (``ru_maxrss``) of this process and of its largest worker,
+   after the build and at the end (which includes step 2's tensors);
+8. with ``--sweep-batch-sizes``, steps 1 and 3 again at each batch size.
 
 It also reports how busy the machine was with other programs during the run,
 from ``/proc/stat``: their figures are only comparable on an otherwise idle
@@ -64,7 +66,6 @@ def build_parser(
     repeat: int = 1,
 ) -> argparse.ArgumentParser:
     """Command-line options shared with ``bench_gpu.py``, with their defaults."""
-    from harrison_knn.embedding import DEFAULT_BATCH_SIZE
     from harrison_knn.encoders import DEFAULT_ENCODER
 
     parser = argparse.ArgumentParser(
@@ -84,8 +85,8 @@ def build_parser(
     parser.add_argument(
         "--batch-size",
         type=int,
-        default=batch_size or DEFAULT_BATCH_SIZE,
-        help=batch_size_help or "photos per forward pass",
+        default=batch_size,
+        help=batch_size_help or "photos per forward pass (the library's default)",
     )
     parser.add_argument(
         "--workers",
@@ -227,6 +228,14 @@ def photo_list(data_dir: str, count: int | None) -> tuple[Any, list[Path]]:
     return collection, [collection.photo_path(i) for i in range(count)]
 
 
+def warm_up(paths: Sequence[Path], encoder, batch_size: int) -> None:
+    """Read every photo file once and run the network on one batch."""
+    for path in paths:
+        path.read_bytes()
+    tensors, _ = decode_in_memory(paths[:batch_size], encoder)
+    encoder.encode_batch(tensors)
+
+
 def decode_in_memory(paths: Sequence[Path], encoder) -> tuple[Any, float]:
     """Every photo decoded and preprocessed here, on one thread.
 
@@ -361,12 +370,14 @@ def time_batch_queries(suggester, paths, vectors, batch_size: int) -> dict:
     }
 
 
-def sweep_batch_sizes(paths, tensors, encoder, sizes, workers) -> list[dict]:
+def sweep_batch_sizes(
+    paths, tensors, encoder, sizes, workers, *, repeat: int = 1
+) -> list[dict]:
     """Encoder-only and build rates at each batch size, on the same photos."""
     rows = []
     for size in sizes:
-        encoder_rate = time_encoder(encoder, tensors, size)
-        build_rate, _ = time_build(paths, encoder, size, workers)
+        encoder_rate = time_encoder(encoder, tensors, size, repeat=repeat)
+        build_rate, _ = time_build(paths, encoder, size, workers, repeat=repeat)
         rows.append(
             {
                 "batch_size": size,
@@ -395,7 +406,7 @@ def run(
     """
     import logging
 
-    from harrison_knn.embedding import default_workers
+    from harrison_knn.embedding import default_batch_size, default_workers
     from harrison_knn.encoders import create_encoder
 
     logging.basicConfig(level=logging.WARNING)
@@ -408,34 +419,43 @@ def run(
         args.workers if args.workers is not None else default_workers(encoder.device)
     )
 
+    batch_size = args.batch_size or default_batch_size(encoder.device)
+
+    # The build runs first, so that the peak memory after it is what a build
+    # needs; the photo files are read once before, and the network has run
+    # once, so that neither disk reads nor first-call set-up count in any rate.
+    warm_up(paths, encoder, batch_size)
+    with around_build():
+        build_rate, result = time_build(
+            paths, encoder, batch_size, workers, repeat=args.repeat
+        )
+    memory_after_build = peak_memory_mib()
+
     tensors, decode_rate = decode_in_memory(paths, encoder)
     encoder_rate = time_encoder(
         encoder,
         tensors,
-        args.batch_size,
+        batch_size,
         repeat=args.repeat,
         min_seconds=min_encoder_seconds,
     )
-    with around_build():
-        build_rate, result = time_build(
-            paths, encoder, args.batch_size, workers, repeat=args.repeat
-        )
-    memory_after_build = peak_memory_mib()
 
     with tempfile.TemporaryDirectory(prefix="bench-index-") as folder:
         suggester, load_seconds = load_suggester(
             collection, paths, result.vectors, encoder, Path(folder)
         )
         single = time_single_queries(suggester, paths, args.queries)
-        batch = time_batch_queries(suggester, paths, result.vectors, args.batch_size)
-    sweep = sweep_batch_sizes(paths, tensors, encoder, args.sweep_batch_sizes, workers)
+        batch = time_batch_queries(suggester, paths, result.vectors, batch_size)
+    sweep = sweep_batch_sizes(
+        paths, tensors, encoder, args.sweep_batch_sizes, workers, repeat=args.repeat
+    )
 
     return {
         "data_dir": str(Path(args.data_dir).resolve()),
         "photos": len(paths),
         "repeat": args.repeat,
         "encoder": encoder.name,
-        "batch_size": args.batch_size,
+        "batch_size": batch_size,
         "workers": workers,
         "machine": machine_facts(encoder),
         "load_average_before": load_before,
@@ -461,7 +481,7 @@ def print_report(report: dict) -> None:
     machine = report["machine"]
     single = report["single_photo_latency"]
     batch = report["batch_suggestions"]
-    memory = report["peak_memory_mib"]["end"]
+    peaks = report["peak_memory_mib"]
     setting = [
         ("photos", f"{report['photos']} x {report['repeat']}"),
         ("from", report["data_dir"]),
@@ -491,8 +511,8 @@ def print_report(report: dict) -> None:
         ("single-photo suggest max", f"{single['max_ms']:.1f} ms"),
         ("batch suggest, files", f"{batch['from_files_per_s']:.1f} photos/s"),
         ("batch suggest, embeddings", f"{batch['from_embeddings_per_s']:.1f} /s"),
-        ("peak memory, process", f"{memory['process']:.0f} MiB"),
-        ("peak memory, largest worker", f"{memory['largest_worker']:.0f} MiB"),
+        ("peak memory after the build", _memory(peaks["after_build"])),
+        ("peak memory at the end", _memory(peaks["end"])),
     ]
     figures += [(key, value) for key, value in report.get("extra", {}).items()]
     lines = [f"{label:<28} {value}" for label, value in setting]
@@ -506,6 +526,13 @@ def print_report(report: dict) -> None:
             for row in report["sweep"]
         ]
     print("\n".join(lines))
+
+
+def _memory(peak: dict[str, float]) -> str:
+    return (
+        f"{peak['process']:.0f} MiB this process, "
+        f"{peak['largest_worker']:.0f} MiB largest worker"
+    )
 
 
 def write_json(report: dict, path: str | None) -> None:

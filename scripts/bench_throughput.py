@@ -9,7 +9,8 @@ On the same photos, one after the other:
    batch, so that neither disk reads nor first-call set-up count;
 2. decoding: every photo decoded and preprocessed in this process, one thread;
 3. encoder only: the network on those preprocessed tensors, already in memory.
-   The ratio of 1 to 3 says how much of the encoder's own speed a build keeps;
+   The ratio of 1 to 3 says how much of the encoder's own speed a build keeps.
+   Steps 1 and 3 alternate ``--rounds`` times and the medians are reported;
 4. the index saved and loaded back with ``TagSuggester.load``;
 5. single-photo latency: ``TagSuggester.suggest`` on one photo file at a time;
 6. batch suggestions: ``TagSuggester.suggest_many`` on all the photos, and
@@ -64,6 +65,7 @@ def build_parser(
     batch_size_help: str | None = None,
     queries: int = 50,
     repeat: int = 1,
+    rounds: int = 3,
 ) -> argparse.ArgumentParser:
     """Command-line options shared with ``bench_gpu.py``, with their defaults."""
     from harrison_knn.encoders import DEFAULT_ENCODER
@@ -110,6 +112,12 @@ def build_parser(
         help="embed the photo list this many times over in the timed runs",
     )
     parser.add_argument(
+        "--rounds",
+        type=int,
+        default=rounds,
+        help="alternating timed builds and encoder-only runs; medians are kept",
+    )
+    parser.add_argument(
         "--sweep-batch-sizes",
         type=int,
         nargs="*",
@@ -123,7 +131,7 @@ def build_parser(
 
 def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace):
     """Refuse counts below 1 (workers below 0) through ``parser.error``."""
-    for name in ("photos", "batch_size", "queries", "repeat"):
+    for name in ("photos", "batch_size", "queries", "repeat", "rounds"):
         value = getattr(args, name)
         if value is not None and value < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1, got {value}")
@@ -370,22 +378,31 @@ def time_batch_queries(suggester, paths, vectors, batch_size: int) -> dict:
     }
 
 
+def summarise_rounds(builds: list[float], encoder_only: list[float]) -> dict:
+    """Medians of paired build and encoder-only rates, and of their ratios."""
+    ratios = [build / alone for build, alone in zip(builds, encoder_only)]
+    return {
+        "encoder_only_per_s": round(statistics.median(encoder_only), 2),
+        "build_per_s": round(statistics.median(builds), 2),
+        "ratio": round(statistics.median(ratios), 3),
+        "rounds": [
+            {"build_per_s": round(build, 2), "encoder_only_per_s": round(alone, 2)}
+            for build, alone in zip(builds, encoder_only)
+        ],
+    }
+
+
 def sweep_batch_sizes(
-    paths, tensors, encoder, sizes, workers, *, repeat: int = 1
+    paths, tensors, encoder, sizes, workers, *, rounds: int = 1, repeat: int = 1
 ) -> list[dict]:
-    """Encoder-only and build rates at each batch size, on the same photos."""
+    """Build and encoder-only rates at each batch size, on the same photos."""
     rows = []
     for size in sizes:
-        encoder_rate = time_encoder(encoder, tensors, size, repeat=repeat)
-        build_rate, _ = time_build(paths, encoder, size, workers, repeat=repeat)
-        rows.append(
-            {
-                "batch_size": size,
-                "encoder_only_per_s": round(encoder_rate, 2),
-                "build_per_s": round(build_rate, 2),
-                "ratio": round(build_rate / encoder_rate, 3),
-            }
-        )
+        builds, encoder_only = [], []
+        for _ in range(rounds):
+            builds.append(time_build(paths, encoder, size, workers, repeat=repeat)[0])
+            encoder_only.append(time_encoder(encoder, tensors, size, repeat=repeat))
+        rows.append({"batch_size": size, **summarise_rounds(builds, encoder_only)})
     return rows
 
 
@@ -424,21 +441,29 @@ def run(
     # The build runs first, so that the peak memory after it is what a build
     # needs; the photo files are read once before, and the network has run
     # once, so that neither disk reads nor first-call set-up count in any rate.
+    # Builds and encoder-only runs alternate, and the medians are kept, so
+    # that a slow spell of the machine does not decide the ratio.
     warm_up(paths, encoder, batch_size)
-    with around_build():
-        build_rate, result = time_build(
-            paths, encoder, batch_size, workers, repeat=args.repeat
+    builds, encoder_only = [], []
+    for round_number in range(args.rounds):
+        with around_build():
+            build_rate, result = time_build(
+                paths, encoder, batch_size, workers, repeat=args.repeat
+            )
+        builds.append(build_rate)
+        if round_number == 0:
+            memory_after_build = peak_memory_mib()
+            tensors, decode_rate = decode_in_memory(paths, encoder)
+        encoder_only.append(
+            time_encoder(
+                encoder,
+                tensors,
+                batch_size,
+                repeat=args.repeat,
+                min_seconds=min_encoder_seconds,
+            )
         )
-    memory_after_build = peak_memory_mib()
-
-    tensors, decode_rate = decode_in_memory(paths, encoder)
-    encoder_rate = time_encoder(
-        encoder,
-        tensors,
-        batch_size,
-        repeat=args.repeat,
-        min_seconds=min_encoder_seconds,
-    )
+    throughput = summarise_rounds(builds, encoder_only)
 
     with tempfile.TemporaryDirectory(prefix="bench-index-") as folder:
         suggester, load_seconds = load_suggester(
@@ -447,7 +472,13 @@ def run(
         single = time_single_queries(suggester, paths, args.queries)
         batch = time_batch_queries(suggester, paths, result.vectors, batch_size)
     sweep = sweep_batch_sizes(
-        paths, tensors, encoder, args.sweep_batch_sizes, workers, repeat=args.repeat
+        paths,
+        tensors,
+        encoder,
+        args.sweep_batch_sizes,
+        workers,
+        rounds=args.rounds,
+        repeat=args.repeat,
     )
 
     return {
@@ -462,9 +493,10 @@ def run(
         "load_average_after": load_average(),
         "other_programs_cores": machine_load.other_cores(),
         "decode_one_thread_per_s": round(decode_rate, 2),
-        "encoder_only_per_s": round(encoder_rate, 2),
-        "build_per_s": round(build_rate, 2),
-        "build_to_encoder_ratio": round(build_rate / encoder_rate, 3),
+        "encoder_only_per_s": throughput["encoder_only_per_s"],
+        "build_per_s": throughput["build_per_s"],
+        "build_to_encoder_ratio": throughput["ratio"],
+        "rounds": throughput["rounds"],
         "index_load_s": round(load_seconds, 2),
         "single_photo_latency": single,
         "batch_suggestions": batch,
@@ -505,6 +537,7 @@ def print_report(report: dict) -> None:
         ("encoder only (in memory)", f"{report['encoder_only_per_s']:.1f} photos/s"),
         ("end-to-end build (files)", f"{report['build_per_s']:.1f} photos/s"),
         ("build / encoder only", f"{report['build_to_encoder_ratio']:.3f}"),
+        ("rounds (build, encoder only)", _rounds(report["rounds"])),
         ("index load", f"{report['index_load_s']:.2f} s"),
         ("single-photo suggest p50", f"{single['p50_ms']:.1f} ms"),
         ("single-photo suggest p95", f"{single['p95_ms']:.1f} ms"),
@@ -519,13 +552,19 @@ def print_report(report: dict) -> None:
     lines.append("")
     lines += [f"{label:<28} {value}" for label, value in figures]
     if report["sweep"]:
-        lines += ["", "batch size  encoder only  build  ratio"]
+        lines += ["", "batch size  encoder only  build  ratio  rounds"]
         lines += [
             f"{row['batch_size']:10d}  {row['encoder_only_per_s']:12.1f}  "
-            f"{row['build_per_s']:5.1f}  {row['ratio']:.3f}"
+            f"{row['build_per_s']:5.1f}  {row['ratio']:.3f}  {_rounds(row['rounds'])}"
             for row in report["sweep"]
         ]
     print("\n".join(lines))
+
+
+def _rounds(rounds: list[dict]) -> str:
+    return ", ".join(
+        f"{r['build_per_s']:.1f}/{r['encoder_only_per_s']:.1f}" for r in rounds
+    )
 
 
 def _memory(peak: dict[str, float]) -> str:

@@ -180,3 +180,27 @@ def test_chunk_holding_a_pickled_object_is_ignored_not_unpickled(tmp_path, caplo
         and "Object arrays cannot be loaded" in message
         for message in caplog.messages
     )
+
+
+def test_decoding_workers_run_at_a_lower_priority(photos):
+    class NicenessEncoder(ColourEncoder):
+        """Embeds the CPU niceness of the process that preprocessed a photo."""
+
+        width = 1
+
+        def preprocess(self, image):
+            return torch.full((3, 2, 2), float(os.nice(0)))
+
+        def encode_batch(self, batch):
+            return batch[:, :1, 0, 0].numpy().astype(np.float32)
+
+    here = os.nice(0)
+    in_workers = embed_photos(
+        photos * 4, NicenessEncoder(), batch_size=2, num_workers=2
+    )
+    in_this_process = embed_photos(
+        photos, NicenessEncoder(), batch_size=2, num_workers=0
+    )
+
+    assert set(in_workers.vectors[:, 0]) == {min(here + 10, 19)}
+    assert set(in_this_process.vectors[:, 0]) == {here}

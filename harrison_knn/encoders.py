@@ -147,6 +147,51 @@ def create_encoder(
     )
 
 
+class _ResizeAndCrop:
+    """Bicubic resize of the shorter side, then a centred square crop, in one step.
+
+    torchvision's ``Resize(resize_size)`` followed by ``CenterCrop(crop_size)``
+    resamples the whole photo and throws a third of a 4:3 photo away; here
+    Pillow resamples only the source region under the crop (its ``box``
+    argument), with the same filter footprint, which reads source pixels
+    beyond the region's edge as before. Sizes and offsets are rounded as
+    torchvision rounds them. On flickr8k-1k this cut preprocessing from 3.5 to
+    2.6 ms a photo; Pillow's fixed-point filter weights differ slightly for the
+    shifted region, so pixels differ by at most 14 of 255 levels (no shift:
+    under 0.001 pixel) and efficientnet-lite0 embeddings by a cosine of at
+    least 0.9994, 0.99995 on average (docs/performance.md). A class, so that it
+    pickles for decoding workers.
+    """
+
+    def __init__(self, resize_size: int, crop_size: int) -> None:
+        self.resize_size = resize_size
+        self.crop_size = crop_size
+
+    def __call__(self, image: PIL.Image.Image) -> PIL.Image.Image:
+        from PIL import Image
+
+        width, height = image.size
+        if width <= height:
+            resized = (self.resize_size, int(self.resize_size * height / width))
+        else:
+            resized = (int(self.resize_size * width / height), self.resize_size)
+        left = round((resized[0] - self.crop_size) / 2.0)
+        top = round((resized[1] - self.crop_size) / 2.0)
+        scale_x, scale_y = width / resized[0], height / resized[1]
+        box = (
+            left * scale_x,
+            top * scale_y,
+            (left + self.crop_size) * scale_x,
+            (top + self.crop_size) * scale_y,
+        )
+        return image.resize(
+            (self.crop_size, self.crop_size), Image.Resampling.BICUBIC, box=box
+        )
+
+    def __repr__(self) -> str:
+        return f"_ResizeAndCrop(resize_size={self.resize_size}, crop={self.crop_size})"
+
+
 def _to_rgb(image: PIL.Image.Image) -> PIL.Image.Image:
     """``image`` in RGB mode; a module-level function so transforms stay picklable."""
     return image if image.mode == "RGB" else image.convert("RGB")
@@ -299,11 +344,7 @@ class EfficientNetLiteEncoder(Encoder):
         preprocess = transforms.Compose(
             [
                 _to_rgb,
-                transforms.Resize(
-                    variant.resize_size,
-                    interpolation=transforms.InterpolationMode.BICUBIC,
-                ),
-                transforms.CenterCrop(variant.image_size),
+                _ResizeAndCrop(variant.resize_size, variant.image_size),
                 transforms.ToTensor(),
                 transforms.Normalize(_LITE_MEAN, _LITE_STD),
             ]

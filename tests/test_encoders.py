@@ -198,11 +198,37 @@ def test_lite_preprocessing_follows_timm_pretrained_config(
     assert config["input_size"] == (3, crop, crop)
     assert int(crop / config["crop_pct"]) == resize
     assert config["interpolation"] == "bicubic"
-    assert steps["Resize"].size == resize
-    assert steps["Resize"].interpolation.value == "bicubic"
-    assert tuple(steps["CenterCrop"].size) == (crop, crop)
+    assert steps["_ResizeAndCrop"].resize_size == resize
+    assert steps["_ResizeAndCrop"].crop_size == crop
     assert tuple(steps["Normalize"].mean) == config["mean"] == (0.5, 0.5, 0.5)
     assert tuple(steps["Normalize"].std) == config["std"] == (0.5, 0.5, 0.5)
+
+
+@pytest.mark.parametrize("size", [(400, 300), (300, 400), (257, 256), (900, 200)])
+def test_resize_and_crop_matches_torchvision_resize_then_crop(size):
+    from torchvision import transforms
+
+    generator = np.random.default_rng(size[0])
+    noise = generator.integers(0, 256, (size[1] // 8, size[0] // 8, 3), np.uint8)
+    # Smooth detail, as in photos, plus sharp edges: enlarged noise blocks.
+    photo = Image.fromarray(noise).resize(size, Image.Resampling.BILINEAR)
+    ImageDraw.Draw(photo).rectangle((size[0] // 3, 10, size[0] // 2, 90), fill=255)
+    reference = transforms.Compose(
+        [
+            transforms.Resize(256, interpolation=transforms.InterpolationMode.BICUBIC),
+            transforms.CenterCrop(224),
+        ]
+    )(photo)
+
+    fused = encoders._ResizeAndCrop(256, 224)(photo)
+
+    difference = np.abs(
+        np.asarray(fused, dtype=np.int16) - np.asarray(reference, dtype=np.int16)
+    )
+    assert fused.size == reference.size == (224, 224)
+    # Pillow's fixed-point weights differ a little for a shifted region.
+    assert difference.mean() < 0.5
+    assert difference.max() <= 16
 
 
 # The three largest unit-normalised pooled features of pattern_batch(), as the

@@ -7,6 +7,15 @@ of the neighbourhood that carries it: a number in ``[0, 1]`` that means the same
 for every photo and every index. An optional popularity correction subtracts
 part of the share that a random set of neighbours would give the hashtag, so
 that hashtags carried by many photos do not win only because they are frequent.
+
+The ``"reconstruction"`` weighting also looks at how the neighbours relate to
+each other: it writes the query as a ridge-regularised combination of its
+neighbours' vectors and lets each neighbour vote with its squared non-negative
+coefficient. Ten near-copies of one photo then share the weight one of them
+would get instead of outvoting a different photo that fits the query as well,
+and a neighbour that explains part of the query the others miss gains weight.
+It needs the inner products among the neighbours, ``(q, k, k)``, which
+:meth:`harrison_knn.index.TagIndex.neighbour_gram` gives.
 """
 
 from __future__ import annotations
@@ -17,21 +26,24 @@ import numpy as np
 import scipy.sparse as sp
 
 __all__ = [
-    "WEIGHTINGS",
     "DEFAULT_K",
+    "DEFAULT_RIDGE",
     "DEFAULT_TEMPERATURE",
     "DEFAULT_WEIGHTING",
+    "WEIGHTINGS",
     "neighbour_weights",
     "tag_prior",
     "vote",
+    "weighted_votes",
 ]
 
 logger = logging.getLogger(__name__)
 
-WEIGHTINGS = ("softmax", "similarity", "rank", "count")
+WEIGHTINGS = ("softmax", "similarity", "rank", "count", "reconstruction")
 DEFAULT_K = 20
 DEFAULT_WEIGHTING = "softmax"
 DEFAULT_TEMPERATURE = 0.05
+DEFAULT_RIDGE = 1.0
 
 
 def neighbour_weights(
@@ -40,6 +52,8 @@ def neighbour_weights(
     *,
     weighting: str = DEFAULT_WEIGHTING,
     temperature: float = DEFAULT_TEMPERATURE,
+    ridge: float = DEFAULT_RIDGE,
+    gram: np.ndarray | None = None,
 ) -> np.ndarray:
     """Turn neighbour similarities into vote weights that sum to one per query.
 
@@ -52,15 +66,22 @@ def neighbour_weights(
             ``"similarity"`` (the similarity itself, floored at 0), ``"rank"``
             (``1 / rank``, rank 1 for the nearest; neighbours of equal
             similarity share the mean weight of their ranks) or ``"count"``
-            (equal votes).
+            (equal votes), or ``"reconstruction"`` (the squared non-negative
+            coefficients ``c`` of ``(G + ridge * I) c = similarities``, with
+            ``G`` the neighbours' inner products; see the module notes).
         temperature: softmax temperature, > 0; smaller trusts the nearest more.
+        ridge: regularisation of the reconstruction, > 0; larger brings the
+            weights closer to the squared similarities.
+        gram: ``(q, k, k) float32`` inner products among each query's
+            neighbours; needed by ``"reconstruction"`` only.
 
     Returns:
         ``(q, k) float32`` weights, each row summing to 1, or to 0 for a query
         with no valid neighbour.
 
     Raises:
-        ValueError: unknown weighting, temperature not > 0, or shapes that differ.
+        ValueError: unknown weighting, temperature or ridge not > 0, shapes that
+            differ, or ``"reconstruction"`` without ``gram``.
     """
     similarities = np.asarray(similarities, dtype=np.float32)
     if similarities.ndim != 2:
@@ -80,6 +101,8 @@ def neighbour_weights(
         )
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature!r}")
+    if not ridge > 0:
+        raise ValueError(f"ridge must be > 0, got {ridge!r}")
 
     if weighting == "softmax":
         # Subtracting each row's largest valid similarity keeps exp() finite.
@@ -91,6 +114,8 @@ def neighbour_weights(
         raw = np.clip(similarities, 0.0, None)
     elif weighting == "rank":
         raw = _rank_weights(similarities)
+    elif weighting == "reconstruction":
+        raw = _reconstruction_weights(similarities, valid, gram, ridge)
     else:
         raw = np.ones(similarities.shape, dtype=np.float32)
     raw = np.where(valid, raw, 0.0).astype(np.float32)
@@ -105,6 +130,34 @@ def neighbour_weights(
     with np.errstate(invalid="ignore", divide="ignore"):
         weights = np.where(totals > 0, raw / totals, 0.0)
     return weights.astype(np.float32)
+
+
+def _reconstruction_weights(
+    similarities: np.ndarray, valid: np.ndarray, gram: np.ndarray | None, ridge: float
+) -> np.ndarray:
+    """Squared non-negative ridge coefficients of the query on its neighbours.
+
+    Minimising ``|x - sum_j c_j n_j|^2 + ridge * |c|^2`` over the coefficients
+    ``c`` gives ``(G + ridge * I) c = s`` with ``G`` the neighbours' inner
+    products and ``s`` their similarities to the query ``x``. Empty slots are
+    cut out of the system by giving them a unit row and a zero right-hand side.
+    """
+    if gram is None:
+        raise ValueError(
+            'the "reconstruction" weighting needs the inner products among the '
+            "neighbours (gram)"
+        )
+    n_queries, k = similarities.shape
+    gram = np.asarray(gram, dtype=np.float64)
+    if gram.shape != (n_queries, k, k):
+        raise ValueError(f"gram must have shape {(n_queries, k, k)}, got {gram.shape}")
+    both = valid[:, :, None] & valid[:, None, :]
+    system = (
+        np.where(both, gram, 0.0) + np.eye(k) * np.where(valid, ridge, 1.0)[:, None, :]
+    )
+    target = np.where(valid, similarities, 0.0).astype(np.float64)
+    coefficients = np.linalg.solve(system, target[:, :, None])[:, :, 0]
+    return np.square(np.clip(coefficients, 0.0, None)).astype(np.float32)
 
 
 def _rank_weights(similarities: np.ndarray) -> np.ndarray:
@@ -153,6 +206,8 @@ def vote(
     temperature: float = DEFAULT_TEMPERATURE,
     popularity_correction: float = 0.0,
     prior: np.ndarray | None = None,
+    ridge: float = DEFAULT_RIDGE,
+    gram: np.ndarray | None = None,
 ) -> np.ndarray:
     """Score every hashtag for every query by weighted neighbour votes.
 
@@ -162,7 +217,7 @@ def vote(
         neighbour_ids: ``(q, k) int64`` row numbers of those neighbours in
             ``labels``; ``-1`` marks an empty slot, which casts no vote.
         labels: ``(n_photos, n_tags)`` 0/1 CSR matrix of the indexed photos.
-        weighting, temperature: see :func:`neighbour_weights`.
+        weighting, temperature, ridge, gram: see :func:`neighbour_weights`.
         popularity_correction: ``alpha`` in ``[0, 1]``; the score becomes
             ``share - alpha * prior``. 0 gives the plain weighted share.
         prior: ``(n_tags,) float32`` expected share under random neighbours;
@@ -183,21 +238,54 @@ def vote(
             f"neighbour_ids has shape {neighbour_ids.shape} but similarities has "
             f"{similarities.shape}"
         )
-    n_photos, n_tags = labels.shape
+    n_photos = labels.shape[0]
     if neighbour_ids.size and neighbour_ids.max() >= n_photos:
         raise ValueError(
             f"neighbour id {int(neighbour_ids.max())} is outside the index of "
             f"{n_photos} photos"
         )
+    valid = neighbour_ids >= 0
+    weights = neighbour_weights(
+        similarities,
+        valid,
+        weighting=weighting,
+        temperature=temperature,
+        ridge=ridge,
+        gram=gram,
+    )
+    return weighted_votes(
+        weights,
+        neighbour_ids,
+        labels,
+        popularity_correction=popularity_correction,
+        prior=prior,
+    )
+
+
+def weighted_votes(
+    weights: np.ndarray,
+    neighbour_ids: np.ndarray,
+    labels: sp.csr_matrix,
+    *,
+    popularity_correction: float = 0.0,
+    prior: np.ndarray | None = None,
+) -> np.ndarray:
+    """Hashtag scores from neighbour weights already computed.
+
+    Args:
+        weights: ``(q, k) float32`` from :func:`neighbour_weights`.
+        neighbour_ids, labels, popularity_correction, prior: as for
+            :func:`vote`.
+
+    Returns:
+        ``(q, n_tags) float32`` scores, as :func:`vote` returns them.
+    """
+    n_photos, n_tags = labels.shape
     if not 0.0 <= popularity_correction <= 1.0:
         raise ValueError(
             f"popularity_correction must lie in [0, 1], got {popularity_correction!r}"
         )
-
     valid = neighbour_ids >= 0
-    weights = neighbour_weights(
-        similarities, valid, weighting=weighting, temperature=temperature
-    )
 
     n_queries, k = weights.shape
     rows = np.repeat(np.arange(n_queries), k)

@@ -135,7 +135,11 @@ def test_share_of_a_hashtag_every_voter_carries_is_exactly_one():
 
 # Property-based tests: random small indexes, neighbourhoods and settings.
 
-WEIGHTING_SETTINGS = st.sampled_from(WEIGHTINGS)
+# "reconstruction" needs the neighbours' vectors, which these neighbourhoods
+# lack; it has property tests of its own below, on real vectors.
+WEIGHTING_SETTINGS = st.sampled_from(
+    [weighting for weighting in WEIGHTINGS if weighting != "reconstruction"]
+)
 TEMPERATURES = st.floats(min_value=1e-3, max_value=10.0)
 SIMILARITY_VALUES = st.floats(min_value=-1.0, max_value=1.0, width=32)
 
@@ -249,3 +253,102 @@ def test_weights_of_a_query_sum_to_one_or_to_zero_without_neighbours(
     np.testing.assert_allclose(
         weights.sum(axis=1), has_neighbours.astype(np.float32), atol=1e-6
     )
+
+
+# The reconstruction weighting: the query as a ridge combination of neighbours.
+
+
+def test_reconstruction_weights_solve_the_ridge_system_by_hand():
+    # Two orthogonal neighbours: G = I, so c = s / (1 + ridge) = (0.3, 0.2)
+    # with ridge 1 and similarities (0.6, 0.4); squared, 0.09 and 0.04.
+    similarities = np.array([[0.6, 0.4]], dtype=np.float32)
+    gram = np.eye(2, dtype=np.float32)[None]
+
+    weights = neighbour_weights(
+        similarities, weighting="reconstruction", ridge=1.0, gram=gram
+    )
+
+    np.testing.assert_allclose(weights, [[0.09 / 0.13, 0.04 / 0.13]], rtol=1e-6)
+
+
+def test_reconstruction_lets_duplicates_share_their_weight():
+    # Neighbours 0 and 1 are the same vector; 2 is another, as close to the
+    # query. Softmax gives the duplicated photo two thirds of the vote; the
+    # reconstruction splits one photo's coefficient between the copies.
+    query = np.array([1.0, 1.0, 0.0]) / np.sqrt(2)
+    vectors = np.array([[1.0, 0, 0], [1.0, 0, 0], [0, 1.0, 0]])
+    similarities = (vectors @ query)[None].astype(np.float32)
+    gram = (vectors @ vectors.T)[None].astype(np.float32)
+
+    weights = neighbour_weights(
+        similarities, weighting="reconstruction", ridge=0.01, gram=gram
+    )
+    softmax = neighbour_weights(similarities, weighting="softmax", temperature=0.1)
+
+    np.testing.assert_allclose(softmax[0], [1 / 3, 1 / 3, 1 / 3], rtol=1e-6)
+    # With s = 0.7071 for all three, the copies solve (2 + 0.01) c = s, so
+    # c = 0.3518 each, and photo 2 solves (1 + 0.01) c = s, c = 0.7001.
+    # Squared and normalised: 0.1678, 0.1678 and 0.6645.
+    np.testing.assert_allclose(weights[0], [0.1678, 0.1678, 0.6645], atol=1e-4)
+
+
+def test_reconstruction_without_the_gram_is_refused():
+    with pytest.raises(ValueError, match="needs the inner products"):
+        neighbour_weights(SIMILARITIES, weighting="reconstruction")
+
+
+def test_reconstruction_refuses_a_gram_of_the_wrong_shape():
+    with pytest.raises(ValueError, match=r"gram must have shape \(1, 3, 3\)"):
+        neighbour_weights(
+            SIMILARITIES, weighting="reconstruction", gram=np.eye(2)[None]
+        )
+
+
+def test_ridge_must_be_positive():
+    with pytest.raises(ValueError, match="ridge must be > 0, got 0.0"):
+        neighbour_weights(
+            SIMILARITIES,
+            weighting="reconstruction",
+            ridge=0.0,
+            gram=np.eye(3)[None],
+        )
+
+
+@st.composite
+def vector_neighbourhoods(draw):
+    """``(similarities, ids, gram)`` of real unit vectors searched by brute force."""
+    n_photos = draw(st.integers(1, 10))
+    width = draw(st.integers(1, 5))
+    k = draw(st.integers(1, 8))
+    seed = draw(st.integers(0, 2**32 - 1))
+    rng = np.random.default_rng(seed)
+    vectors = rng.normal(size=(n_photos + 2, width))
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    photos, queries = vectors[:n_photos], vectors[n_photos:]
+    all_similarities = queries @ photos.T
+    order = np.argsort(-all_similarities, axis=1)[:, :k]
+    found = min(k, n_photos)
+    ids = np.full((2, k), -1, dtype=np.int64)
+    ids[:, :found] = order[:, :found]
+    similarities = np.full((2, k), -np.inf, dtype=np.float32)
+    similarities[:, :found] = np.take_along_axis(all_similarities, order, axis=1)[
+        :, :found
+    ]
+    rows = np.where((ids >= 0)[..., None], photos[np.maximum(ids, 0)], 0.0)
+    gram = np.matmul(rows, rows.transpose(0, 2, 1)).astype(np.float32)
+    return similarities, ids, gram
+
+
+@settings(deadline=None)
+@given(vector_neighbourhoods(), st.floats(min_value=1e-3, max_value=100.0))
+def test_reconstruction_weights_sum_to_one_and_skip_empty_slots(neighbourhood, ridge):
+    similarities, ids, gram = neighbourhood
+
+    weights = neighbour_weights(
+        similarities, ids >= 0, weighting="reconstruction", ridge=ridge, gram=gram
+    )
+
+    assert weights.dtype == np.float32
+    assert weights.min() >= 0.0
+    assert (weights[ids < 0] == 0).all()
+    np.testing.assert_allclose(weights.sum(axis=1), 1.0, atol=1e-5)

@@ -7,6 +7,9 @@ An index folder holds:
   names and SHA-256 checksums of the two array files below.
 - ``vectors-<digest>.faiss``: a FAISS inner-product index over unit vectors.
 - ``labels-<digest>.npz``: the photo-by-hashtag matrix as plain CSR arrays.
+- ``projection-<digest>.npz``, when the build chose a learnt search space: the
+  :class:`~harrison_knn.metric.LabelProjection` that maps an embedding to the
+  vector searched; the FAISS index then holds the mapped vectors.
 
 Array files carry their own digest in their name and are written before the
 metadata that points to them; the metadata is replaced by an atomic rename.
@@ -32,6 +35,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from .files import write_atomically
+from .metric import LabelProjection
 
 __all__ = [
     "FORMAT_VERSION",
@@ -69,6 +73,8 @@ class TagIndex:
         data_root: the collection folder the photos were read from.
         built_at: ISO 8601 time of the build, UTC.
         settings: voting defaults and build facts kept with the index.
+        projection: the map from an embedding to the searched vector, or None
+            when the embeddings are searched as they are.
     """
 
     vectors: faiss.Index
@@ -79,9 +85,16 @@ class TagIndex:
     data_root: str = ""
     built_at: str = ""
     settings: dict[str, Any] = field(default_factory=dict)
+    projection: LabelProjection | None = None
 
     def __post_init__(self) -> None:
         n_photos = self.vectors.ntotal
+        searched = self.vectors.d
+        if self.projection is not None and self.projection.output_width != searched:
+            raise IndexFormatError(
+                f"the projection gives vectors of width "
+                f"{self.projection.output_width} but the index holds width {searched}"
+            )
         if self.labels.shape != (n_photos, len(self.vocabulary)):
             raise IndexFormatError(
                 f"labels have shape {self.labels.shape} but the index holds "
@@ -95,10 +108,15 @@ class TagIndex:
         # faiss GPU indexes and their StandardGpuResources must not be used by
         # two threads at once; CPU indexes may, and are searched without it.
         self._gpu_lock = threading.Lock()
+        # The stored rows, readable without a copy while the CPU index lives;
+        # the reconstruction weighting reads its neighbours' rows from here.
+        self._cpu_vectors = self.vectors
 
     @property
     def width(self) -> int:
-        """Embedding width d."""
+        """Embedding width d, the encoder's; the searched width may be larger."""
+        if self.projection is not None:
+            return self.projection.input_width
         return self.vectors.d
 
     def __len__(self) -> int:
@@ -115,6 +133,7 @@ class TagIndex:
         encoder: str,
         data_root: str | os.PathLike = "",
         settings: dict[str, Any] | None = None,
+        projection: LabelProjection | None = None,
     ) -> TagIndex:
         """Build an exact inner-product index.
 
@@ -126,6 +145,8 @@ class TagIndex:
             encoder: canonical encoder name.
             data_root: folder the paths are relative to.
             settings: voting defaults to keep with the index.
+            projection: when given, the index holds ``projection.transform``
+                of the embeddings, and queries are mapped the same way.
 
         Raises:
             ValueError: embeddings not a 2-D array or not of unit length.
@@ -142,6 +163,8 @@ class TagIndex:
                 f"embeddings must have unit rows; row {worst} has length "
                 f"{norms[worst]:.4f}"
             )
+        if projection is not None:
+            embeddings = projection.transform(embeddings)
         vectors = faiss.IndexFlatIP(embeddings.shape[1])
         vectors.add(embeddings)
         return cls(
@@ -153,6 +176,7 @@ class TagIndex:
             data_root=str(data_root),
             built_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             settings=dict(settings or {}),
+            projection=projection,
         )
 
     def to_gpu(self) -> bool:
@@ -169,7 +193,8 @@ class TagIndex:
         """Find the k most similar indexed photos of each query.
 
         Args:
-            queries: ``(q, d) float32``, unit rows.
+            queries: ``(q, d) float32`` unit rows: embeddings, which the index's
+                projection maps before the search when it has one.
             k: neighbours wanted, >= 1. When the index holds fewer photos, the
                 missing slots have id ``-1`` and similarity ``-inf``.
 
@@ -189,18 +214,48 @@ class TagIndex:
                 np.zeros((0, k), dtype=np.float32),
                 np.zeros((0, k), dtype=np.int64),
             )
+        if self.projection is not None:
+            queries = self.projection.transform(queries)
         with self._exclusive_on_gpu():
             similarities, ids = self.vectors.search(queries, k)
         similarities[ids < 0] = -np.inf
         return similarities, ids.astype(np.int64)
 
     def reconstruct(self, ids: np.ndarray) -> np.ndarray:
-        """Stored embeddings of the given rows, ``(len(ids), d) float32``."""
-        ids = np.asarray(ids, dtype=np.int64)
-        if len(ids) == 0:
-            return np.zeros((0, self.width), dtype=np.float32)
-        with self._exclusive_on_gpu():
-            return np.stack([self.vectors.reconstruct(int(i)) for i in ids])
+        """Stored vectors of the given rows, ``(len(ids), searched width) float32``.
+
+        With a projection these are the mapped vectors, not the embeddings.
+        """
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        if len(ids) and (ids.min() < 0 or ids.max() >= len(self)):
+            bad = int(ids.min() if ids.min() < 0 else ids.max())
+            raise ValueError(f"row {bad} is outside the index of {len(self)} photos")
+        return self._stored_rows()[ids]
+
+    def neighbour_gram(self, neighbour_ids: np.ndarray) -> np.ndarray:
+        """Inner products among each query's neighbours, ``(q, k, k) float32``.
+
+        Args:
+            neighbour_ids: ``(q, k) int64`` as :meth:`search` returns them;
+                ``-1`` slots get zero rows and columns.
+        """
+        neighbour_ids = np.asarray(neighbour_ids, dtype=np.int64)
+        rows = self.reconstruct(np.where(neighbour_ids >= 0, neighbour_ids, 0))
+        rows = rows.reshape(*neighbour_ids.shape, -1)
+        rows[neighbour_ids < 0] = 0.0
+        return np.matmul(rows, rows.transpose(0, 2, 1))
+
+    def _stored_rows(self) -> np.ndarray:
+        """Every stored row, ``(n, searched width) float32``, without a copy."""
+        index = self._cpu_vectors
+        if not hasattr(index, "get_xb"):
+            # Not a flat index (one written by other code): copy its rows once.
+            if not hasattr(self, "_rows"):
+                self._rows = index.reconstruct_n(0, index.ntotal)
+            return self._rows
+        return faiss.rev_swig_ptr(index.get_xb(), index.ntotal * index.d).reshape(
+            index.ntotal, index.d
+        )
 
     def _exclusive_on_gpu(self) -> contextlib.AbstractContextManager:
         return self._gpu_lock if self._on_gpu else contextlib.nullcontext()
@@ -223,6 +278,11 @@ class TagIndex:
         labels_name = _write_content_named(
             directory, "labels", ".npz", _csr_to_npz_bytes(self.labels)
         )
+        names = {"vectors": vectors_name, "labels": labels_name}
+        if self.projection is not None:
+            names["projection"] = _write_content_named(
+                directory, "projection", ".npz", self.projection.to_bytes()
+            )
         metadata = {
             "format_version": FORMAT_VERSION,
             "encoder": self.encoder,
@@ -233,14 +293,8 @@ class TagIndex:
             "data_root": self.data_root,
             "settings": self.settings,
             "files": {
-                "vectors": {
-                    "name": vectors_name,
-                    "sha256": _digest_of(directory / vectors_name),
-                },
-                "labels": {
-                    "name": labels_name,
-                    "sha256": _digest_of(directory / labels_name),
-                },
+                role: {"name": name, "sha256": _digest_of(directory / name)}
+                for role, name in names.items()
             },
             "vocabulary": self.vocabulary,
             "photos": self.paths,
@@ -249,7 +303,7 @@ class TagIndex:
             directory / METADATA_FILE,
             json.dumps(metadata, indent=1, ensure_ascii=False).encode("utf-8"),
         )
-        _remove_unreferenced(directory, {vectors_name, labels_name})
+        _remove_unreferenced(directory, set(names.values()))
         logger.info("index of %d photos saved to %s", len(self), directory)
         return directory
 
@@ -302,8 +356,10 @@ class TagIndex:
             )
 
         files = {}
-        for role in ("vectors", "labels"):
-            entry = metadata["files"][role]
+        for role in _FILE_ROLES:
+            entry = metadata["files"].get(role)
+            if entry is None:
+                continue
             path = directory / entry["name"]
             if path.parent != directory:
                 raise IndexFormatError(
@@ -323,17 +379,31 @@ class TagIndex:
         try:
             vectors = faiss.read_index(str(files["vectors"]))
             labels = _csr_from_npz(files["labels"])
+            projection = (
+                LabelProjection.from_file(files["projection"])
+                if "projection" in files
+                else None
+            )
         except (RuntimeError, ValueError, OSError, KeyError) as error:
             raise IndexFormatError(
                 f"cannot read the index in {directory}: {error}"
             ) from error
 
-        if vectors.d != metadata["width"] or vectors.ntotal != metadata["photo_count"]:
+        searched = metadata["width"]
+        if projection is not None:
+            if projection.input_width != metadata["width"]:
+                raise IndexFormatError(
+                    f"{files['projection']} maps embeddings of width "
+                    f"{projection.input_width}, but {metadata_path} says width "
+                    f"{metadata['width']}"
+                )
+            searched = projection.output_width
+        if vectors.d != searched or vectors.ntotal != metadata["photo_count"]:
             raise IndexFormatError(
                 f"{files['vectors']} holds {vectors.ntotal} vectors of width "
                 f"{vectors.d}, "
                 f"but {metadata_path} says {metadata['photo_count']} of width "
-                f"{metadata['width']}"
+                f"{searched}"
             )
         try:
             return cls(
@@ -345,10 +415,14 @@ class TagIndex:
                 data_root=metadata.get("data_root", ""),
                 built_at=metadata.get("built_at", ""),
                 settings=metadata.get("settings", {}),
+                projection=projection,
             )
         except IndexFormatError as error:
             raise IndexFormatError(f"{directory}: {error}") from error
 
+
+_FILE_ROLES = ("vectors", "labels", "projection")
+_OPTIONAL_FILES = {"projection"}
 
 # Every entry the reader relies on, with the JSON type it must have: a metadata
 # file edited by hand must not load with a string where the photo list belongs.
@@ -400,8 +474,10 @@ def _read_metadata(path: Path) -> dict[str, Any]:
                 f"{path}: the entry {key!r} should be {expected}, "
                 f"got {type(metadata[key]).__name__}"
             )
-    for role in ("vectors", "labels"):
+    for role in _FILE_ROLES:
         entry = metadata["files"].get(role)
+        if entry is None and role in _OPTIONAL_FILES:
+            continue
         if not (
             isinstance(entry, dict)
             and isinstance(entry.get("name"), str)
@@ -454,7 +530,7 @@ def _write_content_named(
 
 
 def _remove_unreferenced(directory: Path, keep: set[str]) -> None:
-    for pattern in ("vectors-*.faiss", "labels-*.npz"):
+    for pattern in ("vectors-*.faiss", "labels-*.npz", "projection-*.npz"):
         for path in directory.glob(pattern):
             if path.name not in keep:
                 path.unlink(missing_ok=True)

@@ -95,7 +95,7 @@ class TagSuggester:
         encoder: the encoder the index was built with; created from the index's
             metadata when None.
         k: neighbours that vote; defaults to the value saved with the index.
-        weighting, temperature, popularity_correction: see
+        weighting, temperature, popularity_correction, ridge: see
             :func:`harrison_knn.voting.vote`; default to the saved values.
 
     Raises:
@@ -111,6 +111,7 @@ class TagSuggester:
         weighting: str | None = None,
         temperature: float | None = None,
         popularity_correction: float | None = None,
+        ridge: float | None = None,
     ) -> None:
         saved = index.settings.get("voting", {})
         self.index = index
@@ -127,8 +128,13 @@ class TagSuggester:
             if popularity_correction is not None
             else saved.get("popularity_correction", 0.0)
         )
+        self.ridge = (
+            ridge if ridge is not None else saved.get("ridge", voting.DEFAULT_RIDGE)
+        )
         if self.k < 1:
             raise ValueError(f"k must be at least 1, got {self.k}")
+        if not self.ridge > 0:
+            raise ValueError(f"ridge must be > 0, got {self.ridge!r}")
         if encoder is not None:
             _check_encoder(index, encoder)
         self.threshold = saved.get("threshold")
@@ -155,7 +161,8 @@ class TagSuggester:
             device: torch device for the encoder; the GPU when one is visible.
             use_gpu: move the FAISS index to the GPU when faiss supports it.
             voting_options: ``k``, ``weighting``, ``temperature``,
-                ``popularity_correction`` overriding the saved defaults.
+                ``popularity_correction``, ``ridge`` overriding the saved
+                defaults.
         """
         expected = encoder.name if isinstance(encoder, Encoder) else encoder
         index = TagIndex.load(directory, encoder=expected)
@@ -184,6 +191,13 @@ class TagSuggester:
             ``(scores, similarities, neighbour_ids)``: ``(q, n_tags) float32`` and
             ``(q, k)`` neighbours, nearest first, ``-1`` for empty slots.
         """
+        scores, similarities, ids, _ = self._score_with_weights(
+            embeddings, k=k, exclude_ids=exclude_ids
+        )
+        return scores, similarities, ids
+
+    def _score_with_weights(self, embeddings, *, k, exclude_ids):
+        """:meth:`score`, and the ``(q, k) float32`` weight of each neighbour."""
         k = self.k if k is None else k
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
@@ -203,16 +217,25 @@ class TagSuggester:
             order = np.argsort(drop, axis=1, kind="stable")[:, :k]
             similarities = np.take_along_axis(similarities, order, axis=1)
             ids = np.take_along_axis(ids, order, axis=1)
-        scores = voting.vote(
+        gram = None
+        if self.weighting == "reconstruction":
+            gram = self.index.neighbour_gram(ids)
+        weights = voting.neighbour_weights(
             similarities,
-            ids,
-            self.index.labels,
+            ids >= 0,
             weighting=self.weighting,
             temperature=self.temperature,
+            ridge=self.ridge,
+            gram=gram,
+        )
+        scores = voting.weighted_votes(
+            weights,
+            ids,
+            self.index.labels,
             popularity_correction=self.popularity_correction,
             prior=self._prior,
         )
-        return scores, similarities, ids
+        return scores, similarities, ids, weights
 
     def suggest_embeddings(
         self,
@@ -235,15 +258,11 @@ class TagSuggester:
                 f"embeddings must be a (photos, width) array, got {embeddings.shape}"
             )
         names = names or [f"photo {i}" for i in range(len(embeddings))]
-        scores, similarities, ids = self.score(embeddings, k=k, exclude_ids=exclude_ids)
+        scores, similarities, ids, weights = self._score_with_weights(
+            embeddings, k=k, exclude_ids=exclude_ids
+        )
         if len(embeddings) == 0:
             return []
-        weights = voting.neighbour_weights(
-            similarities,
-            ids >= 0,
-            weighting=self.weighting,
-            temperature=self.temperature,
-        )
         top = _check_top(top, len(self.index.vocabulary))
         threshold = self._resolve_threshold(threshold)
         tag_ids, tag_scores = rank_tags(scores, top)

@@ -47,6 +47,7 @@ from .encoders import DEFAULT_ENCODER, Encoder, create_encoder
 from .heads import HEADS, fit_head, head_folder
 from .index import TagIndex
 from .linear import LogisticHead, TorchLinearHead
+from .metric import LabelProjection
 from .metrics import evaluate, rank_tags
 from .suggester import TagSuggester
 from .tuning import tune_voting
@@ -118,8 +119,11 @@ class VotingMethod:
     :class:`~harrison_knn.suggester.TagSuggester` over it.
 
     Args:
-        k, weighting, temperature, popularity_correction: see
+        k, weighting, temperature, popularity_correction, ridge: see
             :func:`harrison_knn.voting.vote`.
+        projection_mix: below 1, ``fit`` also fits a
+            :class:`~harrison_knn.metric.LabelProjection` with this mix on the
+            training photos and searches in its space.
     """
 
     def __init__(
@@ -128,14 +132,23 @@ class VotingMethod:
         weighting: str = voting.DEFAULT_WEIGHTING,
         temperature: float = voting.DEFAULT_TEMPERATURE,
         popularity_correction: float = 0.0,
+        ridge: float = voting.DEFAULT_RIDGE,
+        projection_mix: float = 1.0,
     ) -> None:
         self.k = k
         self.weighting = weighting
         self.temperature = temperature
         self.popularity_correction = popularity_correction
+        self.ridge = ridge
+        self.projection_mix = projection_mix
 
     def fit(self, embeddings: np.ndarray, labels: sp.csr_matrix) -> VotingMethod:
         n_photos, n_tags = labels.shape
+        projection = None
+        if self.projection_mix < 1.0:
+            projection = LabelProjection.fit(
+                embeddings, labels, mix=self.projection_mix
+            )
         # The index wants names for display only; scores never read them.
         index = TagIndex.from_embeddings(
             embeddings,
@@ -143,6 +156,7 @@ class VotingMethod:
             vocabulary=[str(tag) for tag in range(n_tags)],
             paths=[str(photo) for photo in range(n_photos)],
             encoder="benchmark",
+            projection=projection,
         )
         self.suggester_ = TagSuggester(
             index,
@@ -150,6 +164,7 @@ class VotingMethod:
             weighting=self.weighting,
             temperature=self.temperature,
             popularity_correction=self.popularity_correction,
+            ridge=self.ridge,
         )
         return self
 

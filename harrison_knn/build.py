@@ -25,7 +25,8 @@ from .embedding import EmbeddingStore, ProgressCallback, embed_photos
 from .encoders import DEFAULT_ENCODER, Encoder, create_encoder
 from .files import write_atomically
 from .index import TagIndex
-from .tuning import tune_voting
+from .metric import LabelProjection
+from .tuning import VotingParameters, tune_voting
 
 __all__ = [
     "REPORT_FILE",
@@ -138,8 +139,9 @@ def build_index(
         max_failure_share: the build fails when a larger share of the photos
             cannot be read.
         voting_settings: voting defaults saved with the index (``k``,
-            ``weighting``, ``temperature``, ``popularity_correction``); the
-            ones given are kept as they are and not tuned.
+            ``weighting``, ``temperature``, ``popularity_correction``,
+            ``ridge``, ``projection_mix``); the ones given are kept as they are
+            and not tuned.
         tune: choose the voting settings not given by cross-validation on the
             indexed photos (see :mod:`harrison_knn.tuning`), and calibrate the
             score threshold of variable-length answers.
@@ -151,12 +153,15 @@ def build_index(
     Raises:
         BuildError: more than ``max_failure_share`` of the photos failed; the
             report is written and the embeddings already made are kept.
+        ValueError: a bad failure share or voting setting, found before any
+            photo is read.
     """
     started = time.perf_counter()
     if not 0 <= max_failure_share <= 1:
         raise ValueError(
             f"max_failure_share must lie in [0, 1], got {max_failure_share!r}"
         )
+    _check_voting_settings(voting_settings or {})
     collection = read_collection(data_dir)
     if isinstance(encoder, str):
         encoder = create_encoder(encoder, device=device)
@@ -232,6 +237,11 @@ def build_index(
         "held_out": [collection.paths[i] for i in test_ids],
     }
     report.voting = settings["voting"]
+    projection = None
+    if settings["voting"]["projection_mix"] < 1.0:
+        projection = LabelProjection.fit(
+            result.vectors[indexed], labels, mix=settings["voting"]["projection_mix"]
+        )
     index = TagIndex.from_embeddings(
         result.vectors[indexed],
         labels,
@@ -240,6 +250,7 @@ def build_index(
         encoder=encoder.name,
         data_root=collection.root.resolve(),
         settings=settings,
+        projection=projection,
     )
     index.save(index_dir)
     _write_report(index_dir, report, started)
@@ -247,6 +258,25 @@ def build_index(
         "indexed %d photos in %.1f s", report.photos_indexed, report.seconds_total
     )
     return report
+
+
+def _check_voting_settings(given: dict[str, Any]) -> None:
+    """Refuse unknown names and values out of range, naming the setting."""
+    unknown = set(given) - set(VotingParameters.__dataclass_fields__)
+    if unknown:
+        raise ValueError(f"unknown voting settings: {', '.join(sorted(unknown))}")
+    checks = {
+        "k": (lambda v: v >= 1, "must be at least 1"),
+        "weighting": (lambda v: v in voting.WEIGHTINGS, "is not a known weighting"),
+        "temperature": (lambda v: v > 0, "must be > 0"),
+        "popularity_correction": (lambda v: 0 <= v <= 1, "must lie in [0, 1]"),
+        "ridge": (lambda v: v > 0, "must be > 0"),
+        "projection_mix": (lambda v: 0 < v <= 1, "must lie in (0, 1]"),
+    }
+    for name, value in given.items():
+        holds, rule = checks[name]
+        if not holds(value):
+            raise ValueError(f"{name} {rule}, got {value!r}")
 
 
 def _voting_settings(
@@ -257,14 +287,14 @@ def _voting_settings(
     seed: int,
 ) -> dict[str, Any]:
     """Voting defaults to save: the given ones, tuned ones, or the library's."""
-    unknown = set(given) - {"k", "weighting", "temperature", "popularity_correction"}
-    if unknown:
-        raise ValueError(f"unknown voting settings: {', '.join(sorted(unknown))}")
+    _check_voting_settings(given)
     settings = {
         "k": voting.DEFAULT_K,
         "weighting": voting.DEFAULT_WEIGHTING,
         "temperature": voting.DEFAULT_TEMPERATURE,
         "popularity_correction": 0.0,
+        "ridge": voting.DEFAULT_RIDGE,
+        "projection_mix": 1.0,
         "threshold": None,
         "tuned": False,
     }
@@ -273,15 +303,18 @@ def _voting_settings(
         grid = {}
         if "k" in given:
             grid["k"] = (given["k"],)
-        if "weighting" in given or "temperature" in given:
-            grid["weighting"] = (
-                (
-                    given.get("weighting", voting.DEFAULT_WEIGHTING),
-                    given.get("temperature", voting.DEFAULT_TEMPERATURE),
-                ),
+        if "weighting" in given or "temperature" in given or "ridge" in given:
+            weighting = given.get("weighting", voting.DEFAULT_WEIGHTING)
+            parameter = (
+                given.get("ridge", voting.DEFAULT_RIDGE)
+                if weighting == "reconstruction"
+                else given.get("temperature", voting.DEFAULT_TEMPERATURE)
             )
+            grid["weighting"] = ((weighting, parameter),)
         if "popularity_correction" in given:
             grid["popularity_correction"] = (given["popularity_correction"],)
+        if "projection_mix" in given:
+            grid["projection_mix"] = (given["projection_mix"],)
         result = tune_voting(embeddings, labels, seed=seed, grid=grid)
         settings.update(result.parameters.as_settings())
         settings["threshold"] = result.threshold

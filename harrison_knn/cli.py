@@ -66,6 +66,15 @@ def _add_voting_options(parser: argparse.ArgumentParser, default_note: str) -> N
         help=f"softmax temperature of the weighting (default: {default_note})",
     )
     parser.add_argument(
+        "--ridge",
+        type=float,
+        default=None,
+        help=(
+            "regularisation of the 'reconstruction' weighting, > 0 "
+            f"(default: {default_note})"
+        ),
+    )
+    parser.add_argument(
         "--popularity-correction",
         type=float,
         default=None,
@@ -167,6 +176,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep the default voting settings instead of tuning them",
     )
     _add_voting_options(build, "tuned by cross-validation on the indexed photos")
+    build.add_argument(
+        "--projection-mix",
+        type=float,
+        default=None,
+        metavar="MIX",
+        help=(
+            "search neighbours on the embedding joined with the hashtags a ridge "
+            "regression predicts for it; MIX in (0, 1] is the embedding's share of "
+            "the similarity, 1 the plain embedding (default: tuned by "
+            "cross-validation on the indexed photos)"
+        ),
+    )
 
     suggest = commands.add_parser(
         "suggest",
@@ -228,9 +249,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _voting_overrides(args: argparse.Namespace) -> dict:
-    names = ("k", "weighting", "temperature", "popularity_correction")
+    names = (
+        "k",
+        "weighting",
+        "temperature",
+        "popularity_correction",
+        "ridge",
+        "projection_mix",
+    )
     return {
-        name: getattr(args, name) for name in names if getattr(args, name) is not None
+        name: getattr(args, name)
+        for name in names
+        if getattr(args, name, None) is not None
     }
 
 
@@ -273,11 +303,22 @@ def _run_build(args: argparse.Namespace) -> int:
     threshold = chosen.get("threshold")
     print(
         f"voting ({how}): k={chosen['k']} weighting={chosen['weighting']} "
-        f"temperature={chosen['temperature']} "
-        f"popularity correction={chosen['popularity_correction']}"
+        + (
+            f"ridge={chosen['ridge']} "
+            if chosen["weighting"] == "reconstruction"
+            else f"temperature={chosen['temperature']} "
+        )
+        + f"popularity correction={chosen['popularity_correction']} "
+        f"search space={_space_name(chosen['projection_mix'])}"
         + (f" threshold={threshold:.3f}" if threshold is not None else "")
     )
     return 0
+
+
+def _space_name(mix: float) -> str:
+    if mix >= 1.0:
+        return "embeddings"
+    return f"embeddings {mix:g} + predicted hashtags {1 - mix:g}"
 
 
 def _print_suggestion(suggestion, neighbours: int) -> None:

@@ -1,9 +1,11 @@
 """Choosing voting parameters by cross-validation on the indexed photos only.
 
 The search splits the photos it is given into folds; each fold's photos query
-an index of the other folds' photos, and every candidate setting of the
-neighbour count, the weighting, its temperature and the popularity correction
-is scored on them. The setting with the best mean of Precision@1, Recall@5 and
+an index of the other folds' photos, and every candidate setting of the search
+space (plain embeddings, or embeddings joined with a
+:class:`~harrison_knn.metric.LabelProjection` fitted on the other folds alone),
+the neighbour count, the weighting and its parameter, and the popularity
+correction is scored on them. The setting with the best mean of Precision@1, Recall@5 and
 Accuracy@5 wins. Given only a build's training photos, nothing held out for
 testing is ever seen, so scores measured afterwards on held-out photos are
 honest (the search is nested inside any outer evaluation).
@@ -25,8 +27,15 @@ import numpy as np
 import scipy.sparse as sp
 
 from .dataset import fold_indices
+from .metric import LabelProjection
 from .metrics import rank_tags
-from .voting import neighbour_weights, tag_prior
+from .voting import (
+    DEFAULT_RIDGE,
+    DEFAULT_TEMPERATURE,
+    neighbour_weights,
+    tag_prior,
+    weighted_votes,
+)
 
 __all__ = [
     "DEFAULT_GRID",
@@ -41,12 +50,17 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class VotingParameters:
-    """One voting setting; the keyword arguments of :func:`voting.vote`."""
+    """One voting setting: the keyword arguments of :func:`voting.vote`, and
+    the share ``projection_mix`` of the plain embedding in the search space
+    (1 searches the embeddings as they are; see
+    :class:`~harrison_knn.metric.LabelProjection`)."""
 
     k: int
     weighting: str
     temperature: float
     popularity_correction: float
+    ridge: float = DEFAULT_RIDGE
+    projection_mix: float = 1.0
 
     def as_settings(self) -> dict[str, float | int | str]:
         return asdict(self)
@@ -54,20 +68,26 @@ class VotingParameters:
 
 DEFAULT_GRID: dict[str, Sequence] = {
     "k": (5, 10, 20, 30, 50, 80, 120),
-    # Softmax at several temperatures, and the three temperature-free rules.
+    # Each weighting with its parameter: the temperature of softmax, the ridge
+    # of reconstruction; the other rules have none.
     "weighting": (
         ("softmax", 0.02),
         ("softmax", 0.05),
         ("softmax", 0.1),
         ("softmax", 0.2),
-        ("similarity", 0.1),
-        ("rank", 0.1),
-        ("count", 0.1),
+        ("similarity", None),
+        ("rank", None),
+        ("count", None),
+        ("reconstruction", 1.0),
+        ("reconstruction", 2.0),
+        ("reconstruction", 4.0),
+        ("reconstruction", 8.0),
     ),
     "popularity_correction": (0.0, 0.25, 0.5, 1.0),
+    "projection_mix": (1.0, 0.5),
 }
-"""Candidates searched by default: 7 neighbour counts x 7 weightings x 4
-corrections."""
+"""Candidates searched by default: 2 search spaces x 7 neighbour counts x 11
+weightings x 4 corrections."""
 
 
 @dataclass
@@ -130,8 +150,9 @@ def tune_voting(
     grid = {**DEFAULT_GRID, **(grid or {})}
     smallest_index = n - -(-n // folds)
     ks = sorted(k for k in grid["k"] if k <= smallest_index) or [smallest_index]
+    mixes = tuple(grid["projection_mix"])
     candidates = list(
-        itertools.product(ks, grid["weighting"], grid["popularity_correction"])
+        itertools.product(mixes, ks, grid["weighting"], grid["popularity_correction"])
     )
     if not candidates:
         raise ValueError("the tuning grid holds no candidate")
@@ -142,37 +163,41 @@ def tune_voting(
         folds,
     )
 
+    positions = {candidate: i for i, candidate in enumerate(candidates)}
     rng = np.random.default_rng(seed)
     totals = np.zeros((len(candidates), 3))
     fold_data = []
     for train_ids, test_ids in fold_indices(n, folds, seed):
         if len(test_ids) > max_queries:
             test_ids = np.sort(rng.choice(test_ids, max_queries, replace=False))
-        index = faiss.IndexFlatIP(embeddings.shape[1])
-        index.add(embeddings[train_ids])
-        similarities, neighbours = index.search(embeddings[test_ids], max(ks))
-        fold_data.append((train_ids, test_ids, similarities, neighbours))
-        shares = _shares_by_setting(
-            similarities, neighbours, labels[train_ids], ks, grid["weighting"]
-        )
         prior = tag_prior(labels[train_ids])
         truth = labels[test_ids]
-        for position, (k, weighting, alpha) in enumerate(candidates):
-            scores = shares[k, weighting] - np.float32(alpha) * prior
-            totals[position] += _quick_metrics(scores, truth)
+        searches = {}
+        for mix in mixes:
+            searches[mix] = _search_fold(
+                embeddings, labels, train_ids, test_ids, mix, max(ks), grid
+            )
+        fold_data.append((train_ids, test_ids, searches))
+        # One share matrix at a time: at HARRISON scale each is 2,000 x 997.
+        for mix, k, weighting in itertools.product(mixes, ks, grid["weighting"]):
+            search = searches[mix]
+            weights = _fold_weights(search, k, *weighting)
+            share = weighted_votes(weights, search.neighbours[:, :k], labels[train_ids])
+            for alpha in grid["popularity_correction"]:
+                position = positions[mix, k, weighting, alpha]
+                totals[position] += _quick_metrics(
+                    share - np.float32(alpha) * prior, truth
+                )
 
     means = totals / folds
     objectives = means.mean(axis=1)
     order = np.argsort(-objectives, kind="stable")
     table = []
     for position in order:
-        k, (weighting, temperature), alpha = candidates[position]
+        mix, k, (weighting, parameter), alpha = candidates[position]
         table.append(
             {
-                "k": int(k),
-                "weighting": weighting,
-                "temperature": float(temperature),
-                "popularity_correction": float(alpha),
+                **_parameters_of(mix, k, weighting, parameter, alpha).as_settings(),
                 "P@1": float(means[position, 0]),
                 "R@5": float(means[position, 1]),
                 "A@5": float(means[position, 2]),
@@ -181,10 +206,7 @@ def tune_voting(
         )
     best = table[0]
     parameters = VotingParameters(
-        k=best["k"],
-        weighting=best["weighting"],
-        temperature=best["temperature"],
-        popularity_correction=best["popularity_correction"],
+        **{key: best[key] for key in VotingParameters.__dataclass_fields__}
     )
     threshold = _calibrate_threshold(parameters, fold_data, labels)
     logger.info(
@@ -196,6 +218,18 @@ def tune_voting(
         threshold,
     )
     return TuningResult(parameters, threshold, best["objective"], table)
+
+
+def _parameters_of(mix, k, weighting, parameter, alpha) -> VotingParameters:
+    """The setting of one grid point; ``parameter`` is the weighting's own."""
+    return VotingParameters(
+        k=int(k),
+        weighting=weighting,
+        temperature=float(parameter) if weighting == "softmax" else DEFAULT_TEMPERATURE,
+        popularity_correction=float(alpha),
+        ridge=float(parameter) if weighting == "reconstruction" else DEFAULT_RIDGE,
+        projection_mix=float(mix),
+    )
 
 
 def select_by_threshold(
@@ -218,28 +252,61 @@ def select_by_threshold(
     return [ids[kept] for ids, kept in zip(tag_ids, keep)]
 
 
-def _shares_by_setting(similarities, neighbours, labels, ks, weightings):
-    """Plain weighted shares for every (k, weighting) pair, ``(q, n_tags)`` each."""
-    shares = {}
-    for k in ks:
-        sims = similarities[:, :k]
-        ids = neighbours[:, :k]
-        valid = ids >= 0
-        for weighting, temperature in weightings:
-            weights = neighbour_weights(
-                sims, valid, weighting=weighting, temperature=temperature
-            )
-            shares[k, (weighting, temperature)] = _weighted_shares(weights, ids, labels)
-    return shares
+@dataclass
+class _FoldSearch:
+    """One fold's queries searched in one space, up to the largest k."""
+
+    similarities: np.ndarray
+    neighbours: np.ndarray
+    gram: np.ndarray | None
 
 
-def _weighted_shares(weights, ids, labels) -> np.ndarray:
-    rows = np.repeat(np.arange(weights.shape[0]), weights.shape[1])
-    columns = np.where(ids >= 0, ids, 0).ravel()
-    matrix = sp.csr_matrix(
-        (weights.ravel(), (rows, columns)), shape=(weights.shape[0], labels.shape[0])
+def _search_fold(embeddings, labels, train_ids, test_ids, mix, k, grid):
+    """Search a fold's queries among the other folds' photos in one space.
+
+    The projection, when there is one, is fitted on the other folds alone: one
+    fitted on the queries' own hashtags would place them next to photos tagged
+    alike and make the learnt space look better than it is.
+    """
+    indexed, queries = embeddings[train_ids], embeddings[test_ids]
+    if mix < 1.0:
+        projection = LabelProjection.fit(indexed, labels[train_ids], mix=mix)
+        indexed, queries = projection.transform(indexed), projection.transform(queries)
+    index = faiss.IndexFlatIP(indexed.shape[1])
+    index.add(indexed)
+    similarities, neighbours = index.search(queries, k)
+    gram = None
+    if any(weighting == "reconstruction" for weighting, _ in grid["weighting"]):
+        gram = _gram_of(indexed, neighbours)
+    return _FoldSearch(similarities, neighbours, gram)
+
+
+def _gram_of(vectors: np.ndarray, neighbours: np.ndarray) -> np.ndarray:
+    """Inner products among each query's neighbours, ``(q, k, k) float32``."""
+    gram = np.zeros(neighbours.shape + neighbours.shape[1:], dtype=np.float32)
+    # Chunks of queries keep the gathered rows near 128 MB at any width.
+    step = max(1, (32 << 20) // max(1, neighbours.shape[1] * vectors.shape[1]))
+    for start in range(0, len(neighbours), step):
+        ids = neighbours[start : start + step]
+        rows = vectors[np.where(ids >= 0, ids, 0)]
+        rows[ids < 0] = 0.0
+        gram[start : start + step] = np.matmul(rows, rows.transpose(0, 2, 1))
+    return gram
+
+
+def _fold_weights(search: _FoldSearch, k: int, weighting: str, parameter):
+    """Neighbour weights of the k nearest under one weighting, ``(q, k)``."""
+    sims = search.similarities[:, :k]
+    ids = search.neighbours[:, :k]
+    gram = None if search.gram is None else search.gram[:, :k, :k]
+    return neighbour_weights(
+        sims,
+        ids >= 0,
+        weighting=weighting,
+        temperature=parameter if weighting == "softmax" else DEFAULT_TEMPERATURE,
+        ridge=parameter if weighting == "reconstruction" else DEFAULT_RIDGE,
+        gram=gram,
     )
-    return np.asarray((matrix @ labels).todense(), dtype=np.float32)
 
 
 def _quick_metrics(scores: np.ndarray, truth: sp.csr_matrix) -> np.ndarray:
@@ -255,18 +322,20 @@ def _quick_metrics(scores: np.ndarray, truth: sp.csr_matrix) -> np.ndarray:
 
 def _calibrate_threshold(parameters, fold_data, labels) -> float:
     """The threshold with the best mean per-photo F1 on out-of-fold scores."""
-    from .voting import vote
-
     all_scores, all_truth = [], []
-    for train_ids, test_ids, similarities, neighbours in fold_data:
-        k = parameters.k
+    parameter = (
+        parameters.ridge
+        if parameters.weighting == "reconstruction"
+        else parameters.temperature
+    )
+    for train_ids, test_ids, searches in fold_data:
+        search = searches[parameters.projection_mix]
+        weights = _fold_weights(search, parameters.k, parameters.weighting, parameter)
         all_scores.append(
-            vote(
-                similarities[:, :k],
-                neighbours[:, :k],
+            weighted_votes(
+                weights,
+                search.neighbours[:, : parameters.k],
                 labels[train_ids],
-                weighting=parameters.weighting,
-                temperature=parameters.temperature,
                 popularity_correction=parameters.popularity_correction,
             )
         )

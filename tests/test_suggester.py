@@ -407,3 +407,112 @@ def test_cli_suggest_with_a_damaged_index_exits_2(built, tmp_path, capsys):
         f"harrison-knn suggest: {vectors} is damaged (its checksum does not match "
         f"{damaged}/metadata.json); rebuild the index with 'harrison-knn build'"
     )
+
+
+# An index searched in the learnt space, voting with reconstruction weights.
+
+
+@pytest.fixture(scope="module")
+def built_projected(flickr30, tmp_path_factory):
+    index_dir = tmp_path_factory.mktemp("index") / "projected"
+    settings = {"projection_mix": 0.5, "weighting": "reconstruction", "ridge": 2.0}
+    build_index(
+        flickr30,
+        index_dir,
+        num_workers=0,
+        holdout=5,
+        seed=1,
+        voting_settings={**settings, "k": 5},
+        tune=False,
+    )
+    return flickr30, index_dir
+
+
+def test_a_projected_index_is_saved_with_its_projection(built_projected):
+    _, index_dir = built_projected
+
+    metadata = json.loads((index_dir / "metadata.json").read_text())
+    suggester = TagSuggester.load(index_dir)
+
+    assert metadata["width"] == 1280
+    assert metadata["settings"]["voting"]["projection_mix"] == 0.5
+    assert metadata["files"]["projection"]["name"].startswith("projection-")
+    assert suggester.index.projection.mix == 0.5
+    assert suggester.index.projection.weights.shape == (1280, 997)
+    assert suggester.index.vectors.d == 1280 + 997
+    assert (suggester.weighting, suggester.ridge, suggester.k) == (
+        "reconstruction",
+        2.0,
+        5,
+    )
+
+
+def test_an_indexed_photo_finds_itself_first_in_the_projected_space(built_projected):
+    data, index_dir = built_projected
+    suggester = TagSuggester.load(index_dir)
+    path = suggester.index.paths[3]
+
+    suggestion = suggester.suggest(data / path, top=3)
+
+    assert suggestion.neighbours[0].path == path
+    assert suggestion.neighbours[0].similarity == pytest.approx(1.0, abs=1e-4)
+    assert sum(n.weight for n in suggestion.neighbours) == pytest.approx(1.0, abs=1e-5)
+    assert suggestion.tags[0].tag in suggestion.neighbours[0].tags
+
+
+def test_cli_build_prints_the_search_space(flickr30, tmp_path, capsys):
+    code = main(
+        ["-q", "build", str(flickr30), "--index", str(tmp_path / "i")]
+        + ["--workers", "0", "--no-tune", "--projection-mix", "0.75"]
+        + ["--weighting", "reconstruction", "--ridge", "3"]
+    )
+
+    out = capsys.readouterr().out.splitlines()
+    assert code == 0
+    assert out[-1] == (
+        "voting (defaults): k=20 weighting=reconstruction ridge=3.0 popularity "
+        "correction=0.0 search space=embeddings 0.75 + predicted hashtags 0.25"
+    )
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--projection-mix", "0", "projection_mix must lie in (0, 1], got 0.0"),
+        ("--projection-mix", "1.5", "projection_mix must lie in (0, 1], got 1.5"),
+        ("--ridge", "-2", "ridge must be > 0, got -2.0"),
+        ("--temperature", "0", "temperature must be > 0, got 0.0"),
+    ],
+)
+def test_cli_build_with_a_bad_voting_setting_exits_2_before_reading_photos(
+    flickr30, tmp_path, capsys, option, value, message
+):
+    index_dir = tmp_path / "index"
+
+    code = main(
+        ["-q", "build", str(flickr30), "--index", str(index_dir), option, value]
+    )
+
+    assert code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == f"harrison-knn build: {message}"
+    assert not index_dir.exists()
+
+
+def test_cli_suggest_with_a_ridge_that_is_not_positive_exits_2(built, capsys):
+    data, index_dir, _ = built
+
+    code = main(
+        [
+            "suggest",
+            "--index",
+            str(index_dir),
+            "--ridge",
+            "0",
+            str(data / "data_list.txt"),
+        ]
+    )
+
+    assert code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "harrison-knn suggest: ridge must be > 0, got 0.0"
+    )

@@ -3,7 +3,7 @@ import pytest
 import scipy.sparse as sp
 
 from harrison_knn.build import _voting_settings
-from harrison_knn.tuning import select_by_threshold, tune_voting
+from harrison_knn.tuning import _search_fold, select_by_threshold, tune_voting
 
 
 def clustered(n_per_cluster=30, clusters=4, seed=0):
@@ -35,7 +35,9 @@ def test_every_candidate_is_scored_and_the_best_wins():
 
     result = tune_voting(embeddings, labels, folds=3, grid=grid)
 
-    assert len(result.candidates) == 8
+    # 2 search spaces (the default: plain, and half label projection) x 8.
+    assert len(result.candidates) == 16
+    assert {c["projection_mix"] for c in result.candidates} == {1.0, 0.5}
     objectives = [c["objective"] for c in result.candidates]
     assert objectives == sorted(objectives, reverse=True)
     assert result.objective == objectives[0]
@@ -49,16 +51,47 @@ def test_every_candidate_is_scored_and_the_best_wins():
 
 def test_a_single_candidate_grid_returns_that_setting():
     embeddings, labels = clustered()
-    grid = {"k": (7,), "weighting": (("rank", 0.1),), "popularity_correction": (0.25,)}
+    grid = {
+        "k": (7,),
+        "weighting": (("reconstruction", 2.0),),
+        "popularity_correction": (0.25,),
+        "projection_mix": (0.5,),
+    }
 
     result = tune_voting(embeddings, labels, folds=2, grid=grid)
 
+    # The weighting's parameter is the ridge of "reconstruction"; the
+    # temperature keeps the library's default.
     assert result.parameters.as_settings() == {
         "k": 7,
-        "weighting": "rank",
-        "temperature": 0.1,
+        "weighting": "reconstruction",
+        "temperature": 0.05,
         "popularity_correction": 0.25,
+        "ridge": 2.0,
+        "projection_mix": 0.5,
     }
+    assert len(result.candidates) == 1
+
+
+def test_a_fold_is_searched_with_a_projection_fitted_without_its_queries():
+    embeddings, labels = clustered()
+    train_ids, test_ids = np.arange(0, 90), np.arange(90, 120)
+    grid = {"weighting": (("softmax", 0.1),)}
+    shuffled = labels.toarray()
+    shuffled[test_ids] = np.random.default_rng(1).permutation(shuffled[test_ids])
+
+    search = _search_fold(embeddings, labels, train_ids, test_ids, 0.5, 10, grid)
+    relabelled = _search_fold(
+        embeddings, sp.csr_matrix(shuffled), train_ids, test_ids, 0.5, 10, grid
+    )
+
+    # The queries' own hashtags never reach the projection: changing them
+    # changes no similarity and no neighbour.
+    assert (shuffled[test_ids] != labels.toarray()[test_ids]).any()
+    np.testing.assert_array_equal(relabelled.similarities, search.similarities)
+    np.testing.assert_array_equal(relabelled.neighbours, search.neighbours)
+    assert search.similarities.shape == (30, 10)
+    assert search.gram is None
 
 
 def test_neighbour_counts_larger_than_a_fold_are_dropped():
@@ -124,6 +157,8 @@ def test_build_settings_without_tuning_are_the_defaults():
         "weighting": "softmax",
         "temperature": 0.05,
         "popularity_correction": 0.0,
+        "ridge": 1.0,
+        "projection_mix": 1.0,
         "threshold": None,
         "tuned": False,
     }

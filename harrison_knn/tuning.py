@@ -177,7 +177,7 @@ def tune_voting(
             searches[mix] = _search_fold(
                 embeddings, labels, train_ids, test_ids, mix, max(ks), grid
             )
-        fold_data.append((train_ids, test_ids, searches))
+        fold_data.append((train_ids, test_ids))
         # One share matrix at a time: at HARRISON scale each is 2,000 x 997.
         for mix, k, weighting in itertools.product(mixes, ks, grid["weighting"]):
             search = searches[mix]
@@ -208,7 +208,7 @@ def tune_voting(
     parameters = VotingParameters(
         **{key: best[key] for key in VotingParameters.__dataclass_fields__}
     )
-    threshold = _calibrate_threshold(parameters, fold_data, labels)
+    threshold = _calibrate_threshold(parameters, fold_data, embeddings, labels)
     logger.info(
         "chose %s (P@1 %.3f, R@5 %.3f, A@5 %.3f in cross-validation), threshold %.3f",
         parameters,
@@ -320,16 +320,30 @@ def _quick_metrics(scores: np.ndarray, truth: sp.csr_matrix) -> np.ndarray:
     )
 
 
-def _calibrate_threshold(parameters, fold_data, labels) -> float:
-    """The threshold with the best mean per-photo F1 on out-of-fold scores."""
+def _calibrate_threshold(parameters, fold_data, embeddings, labels) -> float:
+    """The threshold with the best mean per-photo F1 on out-of-fold scores.
+
+    Each fold is searched again in the winning space only: keeping every
+    space's neighbour inner products from the search would hold about a
+    gigabyte at HARRISON scale.
+    """
     all_scores, all_truth = [], []
     parameter = (
         parameters.ridge
         if parameters.weighting == "reconstruction"
         else parameters.temperature
     )
-    for train_ids, test_ids, searches in fold_data:
-        search = searches[parameters.projection_mix]
+    grid = {"weighting": ((parameters.weighting, parameter),)}
+    for train_ids, test_ids in fold_data:
+        search = _search_fold(
+            embeddings,
+            labels,
+            train_ids,
+            test_ids,
+            parameters.projection_mix,
+            parameters.k,
+            grid,
+        )
         weights = _fold_weights(search, parameters.k, parameters.weighting, parameter)
         all_scores.append(
             weighted_votes(

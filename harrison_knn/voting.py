@@ -148,15 +148,20 @@ def _reconstruction_weights(
             "neighbours (gram)"
         )
     n_queries, k = similarities.shape
-    gram = np.asarray(gram, dtype=np.float64)
+    gram = np.asarray(gram)
     if gram.shape != (n_queries, k, k):
         raise ValueError(f"gram must have shape {(n_queries, k, k)}, got {gram.shape}")
-    both = valid[:, :, None] & valid[:, None, :]
-    system = (
-        np.where(both, gram, 0.0) + np.eye(k) * np.where(valid, ridge, 1.0)[:, None, :]
-    )
-    target = np.where(valid, similarities, 0.0).astype(np.float64)
-    coefficients = np.linalg.solve(system, target[:, :, None])[:, :, 0]
+    coefficients = np.zeros((n_queries, k), dtype=np.float64)
+    # Chunks of queries bound the float64 systems to about 64 MB at any k.
+    step = max(1, (8 << 20) // (k * k))
+    for start in range(0, n_queries, step):
+        rows = slice(start, start + step)
+        ok = valid[rows]
+        both = ok[:, :, None] & ok[:, None, :]
+        system = np.where(both, gram[rows].astype(np.float64), 0.0)
+        system += np.eye(k) * np.where(ok, ridge, 1.0)[:, None, :]
+        target = np.where(ok, similarities[rows], 0.0).astype(np.float64)
+        coefficients[rows] = np.linalg.solve(system, target[:, :, None])[:, :, 0]
     return np.square(np.clip(coefficients, 0.0, None)).astype(np.float32)
 
 

@@ -352,3 +352,31 @@ def test_reconstruction_weights_sum_to_one_and_skip_empty_slots(neighbourhood, r
     assert weights.min() >= 0.0
     assert (weights[ids < 0] == 0).all()
     np.testing.assert_allclose(weights.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_reconstruction_of_many_queries_equals_one_solve_per_query():
+    # 1,000 queries of k = 100 are solved in two chunks (838 systems each at
+    # most); every row must equal its own system solved alone.
+    rng = np.random.default_rng(3)
+    photos = rng.normal(size=(150, 6))
+    photos /= np.linalg.norm(photos, axis=1, keepdims=True)
+    queries = rng.normal(size=(1000, 6))
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    ids = np.argsort(-(queries @ photos.T), axis=1)[:, :100]
+    similarities = np.take_along_axis(queries @ photos.T, ids, axis=1)
+    rows = photos[ids]
+    gram = np.matmul(rows, rows.transpose(0, 2, 1))
+
+    weights = neighbour_weights(
+        similarities.astype(np.float32),
+        weighting="reconstruction",
+        ridge=0.5,
+        gram=gram.astype(np.float32),
+    )
+
+    for query in (0, 837, 838, 999):
+        alone = np.linalg.solve(gram[query] + 0.5 * np.eye(100), similarities[query])
+        expected = np.clip(alone, 0, None) ** 2
+        np.testing.assert_allclose(
+            weights[query], expected / expected.sum(), rtol=1e-3, atol=1e-6
+        )

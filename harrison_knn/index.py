@@ -36,6 +36,7 @@ import scipy.sparse as sp
 
 from .files import write_atomically
 from .metric import LabelProjection
+from .voting import neighbour_gram
 
 __all__ = [
     "FORMAT_VERSION",
@@ -240,10 +241,12 @@ class TagIndex:
                 ``-1`` slots get zero rows and columns.
         """
         neighbour_ids = np.asarray(neighbour_ids, dtype=np.int64)
-        rows = self.reconstruct(np.where(neighbour_ids >= 0, neighbour_ids, 0))
-        rows = rows.reshape(*neighbour_ids.shape, -1)
-        rows[neighbour_ids < 0] = 0.0
-        return np.matmul(rows, rows.transpose(0, 2, 1))
+        if neighbour_ids.size and neighbour_ids.max() >= len(self):
+            raise ValueError(
+                f"row {int(neighbour_ids.max())} is outside the index of "
+                f"{len(self)} photos"
+            )
+        return neighbour_gram(self._stored_rows(), neighbour_ids)
 
     def _stored_rows(self) -> np.ndarray:
         """Every stored row, ``(n, searched width) float32``, without a copy."""

@@ -32,6 +32,7 @@ from .metrics import rank_tags
 from .voting import (
     DEFAULT_RIDGE,
     DEFAULT_TEMPERATURE,
+    neighbour_gram,
     neighbour_weights,
     tag_prior,
     weighted_votes,
@@ -277,21 +278,8 @@ def _search_fold(embeddings, labels, train_ids, test_ids, mix, k, grid):
     similarities, neighbours = index.search(queries, k)
     gram = None
     if any(weighting == "reconstruction" for weighting, _ in grid["weighting"]):
-        gram = _gram_of(indexed, neighbours)
+        gram = neighbour_gram(indexed, neighbours)
     return _FoldSearch(similarities, neighbours, gram)
-
-
-def _gram_of(vectors: np.ndarray, neighbours: np.ndarray) -> np.ndarray:
-    """Inner products among each query's neighbours, ``(q, k, k) float32``."""
-    gram = np.zeros(neighbours.shape + neighbours.shape[1:], dtype=np.float32)
-    # Chunks of queries keep the gathered rows near 128 MB at any width.
-    step = max(1, (32 << 20) // max(1, neighbours.shape[1] * vectors.shape[1]))
-    for start in range(0, len(neighbours), step):
-        ids = neighbours[start : start + step]
-        rows = vectors[np.where(ids >= 0, ids, 0)]
-        rows[ids < 0] = 0.0
-        gram[start : start + step] = np.matmul(rows, rows.transpose(0, 2, 1))
-    return gram
 
 
 def _fold_weights(search: _FoldSearch, k: int, weighting: str, parameter):

@@ -277,6 +277,8 @@ def _check_voting_settings(given: dict[str, Any]) -> None:
         holds, rule = checks[name]
         if not holds(value):
             raise ValueError(f"{name} {rule}, got {value!r}")
+    if "ridge" in given:
+        voting.check_ridge(given["ridge"])
 
 
 def _voting_settings(

@@ -239,13 +239,10 @@ class TagIndex:
         Args:
             neighbour_ids: ``(q, k) int64`` as :meth:`search` returns them;
                 ``-1`` slots get zero rows and columns.
+
+        Raises:
+            ValueError: a row outside the index.
         """
-        neighbour_ids = np.asarray(neighbour_ids, dtype=np.int64)
-        if neighbour_ids.size and neighbour_ids.max() >= len(self):
-            raise ValueError(
-                f"row {int(neighbour_ids.max())} is outside the index of "
-                f"{len(self)} photos"
-            )
         return neighbour_gram(self._stored_rows(), neighbour_ids)
 
     def _stored_rows(self) -> np.ndarray:
@@ -387,7 +384,7 @@ class TagIndex:
                 if "projection" in files
                 else None
             )
-        except (RuntimeError, ValueError, OSError, KeyError) as error:
+        except (RuntimeError, ValueError, OSError, KeyError, EOFError) as error:
             raise IndexFormatError(
                 f"cannot read the index in {directory}: {error}"
             ) from error

@@ -27,6 +27,8 @@ import numpy as np
 import scipy.linalg
 import scipy.sparse as sp
 
+from .voting import check_ridge
+
 __all__ = ["DEFAULT_PROJECTION_RIDGE", "LabelProjection"]
 
 logger = logging.getLogger(__name__)
@@ -44,10 +46,18 @@ class LabelProjection:
             ``(0, 1]``.
 
     Raises:
-        ValueError: weights not a 2-D finite array, or mix outside ``(0, 1]``.
+        ValueError: weights not a 2-D finite array of real numbers, or mix
+            outside ``(0, 1]``.
     """
 
     def __init__(self, weights: np.ndarray, mix: float) -> None:
+        weights = np.asarray(weights)
+        if weights.dtype.kind not in "fiu":
+            # A cast would drop the imaginary part of complex weights, or read
+            # strings as numbers, without a word.
+            raise ValueError(
+                f"projection weights must be real numbers, got dtype {weights.dtype}"
+            )
         weights = np.ascontiguousarray(weights, dtype=np.float32)
         if weights.ndim != 2 or weights.shape[0] == 0 or weights.shape[1] == 0:
             raise ValueError(
@@ -89,7 +99,8 @@ class LabelProjection:
             ridge: regularisation, > 0.
 
         Raises:
-            ValueError: rows that do not match, no photo, or ridge not > 0.
+            ValueError: rows that do not match, no photo, NaN or infinite
+                embeddings, or ridge not a finite number > 0.
         """
         embeddings = np.asarray(embeddings, dtype=np.float32)
         if embeddings.ndim != 2 or embeddings.shape[0] == 0:
@@ -101,8 +112,9 @@ class LabelProjection:
             raise ValueError(
                 f"{labels.shape[0]} label rows for {embeddings.shape[0]} embeddings"
             )
-        if not ridge > 0:
-            raise ValueError(f"ridge must be > 0, got {ridge!r}")
+        if not np.isfinite(embeddings).all():
+            raise ValueError("embeddings hold NaN or infinite values")
+        check_ridge(ridge)
         width = embeddings.shape[1]
         # Accumulated in float64: X^T X of 57,000 unit rows loses digits in float32.
         covariance = embeddings.T.astype(np.float64) @ embeddings.astype(np.float64)
@@ -158,10 +170,26 @@ class LabelProjection:
         """Read a file written from :meth:`to_bytes`.
 
         Raises:
-            ValueError: the file lacks an array or holds bad values.
+            ValueError: the file is empty, not an ``.npz`` archive, holds
+                pickled objects, lacks an array or holds bad values.
         """
-        with np.load(path, allow_pickle=False) as arrays:
+        try:
+            arrays = np.load(path, allow_pickle=False)
+        except EOFError:
+            raise ValueError(f"{path} is empty") from None
+        if not isinstance(arrays, np.lib.npyio.NpzFile):
+            # A bad file, not a bad argument: ValueError, as for other damage.
+            raise ValueError(  # noqa: TRY004
+                f"{path} is a single array, not an .npz archive"
+            )
+        with arrays:
             missing = {"weights", "mix"} - set(arrays.files)
             if missing:
                 raise ValueError(f"{path} lacks {', '.join(sorted(missing))}")
-            return cls(arrays["weights"], float(arrays["mix"]))
+            weights, mix = arrays["weights"], arrays["mix"]
+        if mix.shape != () or mix.dtype.kind not in "fiu":
+            raise ValueError(
+                f"{path}: mix must be a single real number, got an array of "
+                f"shape {mix.shape} and dtype {mix.dtype}"
+            )
+        return cls(weights, float(mix))

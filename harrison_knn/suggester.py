@@ -133,8 +133,7 @@ class TagSuggester:
         )
         if self.k < 1:
             raise ValueError(f"k must be at least 1, got {self.k}")
-        if not self.ridge > 0:
-            raise ValueError(f"ridge must be > 0, got {self.ridge!r}")
+        voting.check_ridge(self.ridge)
         if encoder is not None:
             _check_encoder(index, encoder)
         self.threshold = saved.get("threshold")

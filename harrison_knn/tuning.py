@@ -136,7 +136,8 @@ def tune_voting(
         A :class:`TuningResult`.
 
     Raises:
-        ValueError: fewer than ``2 * folds`` photos, or an empty grid.
+        ValueError: fewer than ``2 * folds`` photos, an empty grid, or a
+            ``projection_mix`` outside ``(0, 1]``.
     """
     embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
     labels = sp.csr_matrix(labels, dtype=np.float32)
@@ -152,6 +153,11 @@ def tune_voting(
     smallest_index = n - -(-n // folds)
     ks = sorted(k for k in grid["k"] if k <= smallest_index) or [smallest_index]
     mixes = tuple(grid["projection_mix"])
+    for mix in mixes:
+        # A mix of NaN or above 1 would be searched as the plain embeddings and
+        # then reported, and saved, as the chosen value.
+        if not 0.0 < mix <= 1.0:
+            raise ValueError(f"projection_mix must lie in (0, 1], got {mix!r}")
     candidates = list(
         itertools.product(mixes, ks, grid["weighting"], grid["popularity_correction"])
     )

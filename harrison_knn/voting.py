@@ -31,6 +31,7 @@ __all__ = [
     "DEFAULT_TEMPERATURE",
     "DEFAULT_WEIGHTING",
     "WEIGHTINGS",
+    "check_ridge",
     "neighbour_gram",
     "neighbour_weights",
     "tag_prior",
@@ -102,8 +103,7 @@ def neighbour_weights(
         )
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature!r}")
-    if not ridge > 0:
-        raise ValueError(f"ridge must be > 0, got {ridge!r}")
+    check_ridge(ridge)
 
     if weighting == "softmax":
         # Subtracting each row's largest valid similarity keeps exp() finite.
@@ -131,6 +131,20 @@ def neighbour_weights(
     with np.errstate(invalid="ignore", divide="ignore"):
         weights = np.where(totals > 0, raw / totals, 0.0)
     return weights.astype(np.float32)
+
+
+def check_ridge(ridge: float) -> None:
+    """Refuse a ridge (reconstruction or projection) not a finite number > 0.
+
+    Raises:
+        ValueError: naming the value.
+    """
+    if not ridge > 0:
+        raise ValueError(f"ridge must be > 0, got {ridge!r}")
+    if not np.isfinite(ridge):
+        # An infinite ridge makes every coefficient NaN, which would silently
+        # give every neighbour weight 0 and every hashtag score 0.
+        raise ValueError(f"ridge must be a finite number, got {ridge!r}")
 
 
 def _reconstruction_weights(
@@ -176,9 +190,25 @@ def neighbour_gram(vectors: np.ndarray, neighbour_ids: np.ndarray) -> np.ndarray
 
     Returns:
         ``(q, k, k) float32``.
+
+    Raises:
+        ValueError: ids not a ``(q, k)`` array, or a row outside ``vectors``.
     """
     neighbour_ids = np.asarray(neighbour_ids, dtype=np.int64)
+    if neighbour_ids.ndim != 2:
+        raise ValueError(
+            f"neighbour_ids must be a (queries, k) array, got shape "
+            f"{neighbour_ids.shape}"
+        )
+    if neighbour_ids.size and neighbour_ids.max() >= len(vectors):
+        raise ValueError(
+            f"row {int(neighbour_ids.max())} is outside the index of "
+            f"{len(vectors)} photos"
+        )
     gram = np.zeros(neighbour_ids.shape + neighbour_ids.shape[1:], dtype=np.float32)
+    if len(vectors) == 0:
+        # An empty index: every slot is -1, and there is no row to gather.
+        return gram
     # Chunks of queries keep the gathered rows near 128 MB at any width: all
     # 5,000 test queries of the HARRISON benchmark at once would take 3.6 GB.
     step = max(1, (32 << 20) // max(1, neighbour_ids.shape[1] * vectors.shape[1]))
@@ -268,12 +298,6 @@ def vote(
             f"neighbour_ids has shape {neighbour_ids.shape} but similarities has "
             f"{similarities.shape}"
         )
-    n_photos = labels.shape[0]
-    if neighbour_ids.size and neighbour_ids.max() >= n_photos:
-        raise ValueError(
-            f"neighbour id {int(neighbour_ids.max())} is outside the index of "
-            f"{n_photos} photos"
-        )
     valid = neighbour_ids >= 0
     weights = neighbour_weights(
         similarities,
@@ -309,8 +333,24 @@ def weighted_votes(
 
     Returns:
         ``(q, n_tags) float32`` scores, as :func:`vote` returns them.
+
+    Raises:
+        ValueError: weights and ids of other shapes, ids outside the index, or
+            a correction outside ``[0, 1]``.
     """
     n_photos, n_tags = labels.shape
+    weights = np.asarray(weights, dtype=np.float32)
+    neighbour_ids = np.asarray(neighbour_ids)
+    if weights.ndim != 2 or neighbour_ids.shape != weights.shape:
+        raise ValueError(
+            f"neighbour_ids has shape {neighbour_ids.shape} but weights has "
+            f"{weights.shape}; both must be (queries, k)"
+        )
+    if neighbour_ids.size and neighbour_ids.max() >= n_photos:
+        raise ValueError(
+            f"neighbour id {int(neighbour_ids.max())} is outside the index of "
+            f"{n_photos} photos"
+        )
     if not 0.0 <= popularity_correction <= 1.0:
         raise ValueError(
             f"popularity_correction must lie in [0, 1], got {popularity_correction!r}"
@@ -318,12 +358,13 @@ def weighted_votes(
     valid = neighbour_ids >= 0
 
     n_queries, k = weights.shape
-    rows = np.repeat(np.arange(n_queries), k)
-    columns = np.where(valid, neighbour_ids, 0).ravel()
+    rows = np.repeat(np.arange(n_queries), k)[valid.ravel()]
+    columns = neighbour_ids[valid]
     # Sparse weights times sparse labels: the cost grows with the votes cast,
-    # not with the number of indexed photos.
+    # not with the number of indexed photos. Empty slots make no entry, so an
+    # empty index needs no column.
     weight_matrix = sp.csr_matrix(
-        (weights.ravel(), (rows, columns)), shape=(n_queries, n_photos)
+        (weights[valid], (rows, columns)), shape=(n_queries, n_photos)
     )
     scores = np.asarray((weight_matrix @ labels).todense(), dtype=np.float32)
     # Float32 rounding can put a share that should be exactly 1 (every voter

@@ -486,3 +486,16 @@ def test_an_index_on_the_gpu_is_searched_by_one_thread_at_a_time():
     for similarities, ids in answers:
         np.testing.assert_array_equal(ids, expected[1])
         np.testing.assert_array_equal(similarities, expected[0])
+
+
+def test_empty_labels_file_is_refused_not_an_eof_error(tmp_path):
+    saved_index(tmp_path)
+    replace_array_file(tmp_path, "labels", b"")
+
+    # Before, numpy's EOFError escaped the loader (and the command line).
+    with pytest.raises(IndexFormatError) as raised:
+        TagIndex.load(tmp_path)
+
+    assert str(raised.value) == (
+        f"cannot read the index in {tmp_path}: No data left in file"
+    )

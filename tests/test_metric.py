@@ -1,3 +1,5 @@
+import hashlib
+import io
 import json
 
 import numpy as np
@@ -235,3 +237,68 @@ def test_suggester_refuses_a_ridge_that_is_not_positive():
 
     with pytest.raises(ValueError, match="ridge must be > 0, got -1.0"):
         TagSuggester(index, ridge=-1.0)
+
+
+def npz_bytes(**arrays):
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def npy_bytes(array):
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+WEIGHTS = np.zeros((6, 5), dtype=np.float32)
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        (
+            npz_bytes(weights=WEIGHTS, mix=np.array([0.5, 0.5])),
+            "mix must be a single real number, got an array of shape (2,) and dtype",
+        ),
+        (
+            npz_bytes(weights=WEIGHTS, mix=np.array(True)),
+            "mix must be a single real number, got an array of shape () and dtype bool",
+        ),
+        (
+            npz_bytes(weights=WEIGHTS + 1j, mix=np.float64(0.5)),
+            "projection weights must be real numbers, got dtype complex64",
+        ),
+        (npy_bytes(WEIGHTS), "is a single array, not an .npz archive"),
+        (b"", "is empty"),
+    ],
+    ids=["mix-array", "mix-bool", "complex-weights", "npy-file", "empty-file"],
+)
+def test_a_projection_file_of_the_wrong_kind_is_refused_naming_it(
+    tmp_path, content, reason
+):
+    projected_index()[0].save(tmp_path)
+    metadata = json.loads((tmp_path / "metadata.json").read_text())
+    path = tmp_path / metadata["files"]["projection"]["name"]
+    path.write_bytes(content)
+    metadata["files"]["projection"]["sha256"] = hashlib.sha256(content).hexdigest()
+    (tmp_path / "metadata.json").write_text(json.dumps(metadata))
+
+    with pytest.raises(IndexFormatError) as raised:
+        TagIndex.load(tmp_path)
+
+    # Before, a mix array gave a TypeError, complex weights lost their imaginary
+    # part with a warning, and a .npy or empty file raised TypeError or EOFError.
+    assert str(raised.value).startswith(f"cannot read the index in {tmp_path}: ")
+    assert reason in str(raised.value)
+
+
+def test_fit_refuses_an_infinite_ridge_and_nan_embeddings():
+    labels = sp.csr_matrix(np.eye(4, 2, dtype=np.float32))
+    embeddings = unit_rows(4, 3)
+
+    with pytest.raises(ValueError, match="^ridge must be a finite number, got inf$"):
+        LabelProjection.fit(embeddings, labels, mix=0.5, ridge=np.inf)
+    embeddings[2, 1] = np.nan
+    with pytest.raises(ValueError, match="^embeddings hold NaN or infinite values$"):
+        LabelProjection.fit(embeddings, labels, mix=0.5)

@@ -11,7 +11,7 @@ from PIL import Image
 from harrison_knn.build import build_index
 from harrison_knn.cli import main
 from harrison_knn.images import PhotoError
-from harrison_knn.index import IndexFormatError
+from harrison_knn.index import IndexFormatError, TagIndex
 from harrison_knn.suggester import TagSuggester
 
 
@@ -481,6 +481,10 @@ def test_cli_build_prints_the_search_space(flickr30, tmp_path, capsys):
         ("--projection-mix", "0", "projection_mix must lie in (0, 1], got 0.0"),
         ("--projection-mix", "1.5", "projection_mix must lie in (0, 1], got 1.5"),
         ("--ridge", "-2", "ridge must be > 0, got -2.0"),
+        ("--ridge", "nan", "ridge must be > 0, got nan"),
+        ("--ridge", "inf", "ridge must be a finite number, got inf"),
+        ("--projection-mix", "inf", "projection_mix must lie in (0, 1], got inf"),
+        ("--projection-mix", "nan", "projection_mix must lie in (0, 1], got nan"),
         ("--temperature", "0", "temperature must be > 0, got 0.0"),
     ],
 )
@@ -498,7 +502,18 @@ def test_cli_build_with_a_bad_voting_setting_exits_2_before_reading_photos(
     assert not index_dir.exists()
 
 
-def test_cli_suggest_with_a_ridge_that_is_not_positive_exits_2(built, capsys):
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("0", "ridge must be > 0, got 0.0"),
+        # Before, an infinite ridge gave every neighbour weight 0, so every
+        # photo was answered with no hashtag and exit code 0.
+        ("inf", "ridge must be a finite number, got inf"),
+    ],
+)
+def test_cli_suggest_with_a_ridge_that_is_not_positive_exits_2(
+    built, capsys, value, message
+):
     data, index_dir, _ = built
 
     code = main(
@@ -507,12 +522,33 @@ def test_cli_suggest_with_a_ridge_that_is_not_positive_exits_2(built, capsys):
             "--index",
             str(index_dir),
             "--ridge",
-            "0",
+            value,
             str(data / "data_list.txt"),
         ]
     )
 
     assert code == 2
     assert capsys.readouterr().err.splitlines()[-1] == (
-        "harrison-knn suggest: ridge must be > 0, got 0.0"
+        f"harrison-knn suggest: {message}"
     )
+
+
+@pytest.mark.parametrize("weighting", ["softmax", "reconstruction"])
+def test_an_empty_index_answers_with_no_hashtag(weighting):
+    index = TagIndex.from_embeddings(
+        np.zeros((0, 4), dtype=np.float32),
+        np.zeros((0, 3), dtype=np.float32),
+        vocabulary=["sea", "dog", "sun"],
+        paths=[],
+        encoder="test-encoder",
+    )
+    suggester = TagSuggester(index, k=3, weighting=weighting)
+
+    answers = suggester.suggest_embeddings(np.eye(2, 4, dtype=np.float32))
+
+    # Before, scipy refused the empty slots' column 0 (and the reconstruction
+    # weighting's gather raised IndexError).
+    assert [(a.tags, a.neighbours, a.error) for a in answers] == [
+        ([], [], None),
+        ([], [], None),
+    ]

@@ -128,6 +128,33 @@ def test_too_few_photos_are_refused():
         tune_voting(embeddings, labels, folds=5)
 
 
+@pytest.mark.parametrize(
+    ("grid", "message"),
+    [
+        # Before, NaN and 2.0 were searched as the plain embeddings and then
+        # returned as the chosen projection_mix (NaN would be saved as such).
+        (
+            {"projection_mix": (float("nan"),)},
+            r"projection_mix must lie in \(0, 1\], got nan",
+        ),
+        (
+            {"projection_mix": (1.0, 2.0)},
+            r"projection_mix must lie in \(0, 1\], got 2.0",
+        ),
+        # Before, every reconstruction weight came out 0, and so every score.
+        (
+            {"weighting": (("reconstruction", float("inf")),)},
+            "ridge must be a finite number, got inf",
+        ),
+    ],
+)
+def test_bad_values_in_the_grid_are_refused(grid, message):
+    embeddings, labels = clustered(n_per_cluster=3)
+
+    with pytest.raises(ValueError, match=f"^{message}$"):
+        tune_voting(embeddings, labels, folds=2, grid={"k": (2,), **grid})
+
+
 def test_select_by_threshold_keeps_the_best_hashtag_always():
     scores = np.array([[0.9, 0.5, 0.1, 0.3], [0.05, 0.02, 0.01, 0.0]], dtype=np.float32)
 

@@ -5,7 +5,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from harrison_knn.voting import WEIGHTINGS, neighbour_weights, tag_prior, vote
+from harrison_knn.voting import (
+    WEIGHTINGS,
+    neighbour_gram,
+    neighbour_weights,
+    tag_prior,
+    vote,
+    weighted_votes,
+)
 
 # Four indexed photos, three hashtags:
 # photo 0 carries tags 0 and 1, photo 1 tag 1, photo 2 tag 2, photo 3 tag 0.
@@ -304,12 +311,22 @@ def test_reconstruction_refuses_a_gram_of_the_wrong_shape():
         )
 
 
-def test_ridge_must_be_positive():
-    with pytest.raises(ValueError, match="ridge must be > 0, got 0.0"):
+@pytest.mark.parametrize(
+    ("ridge", "message"),
+    [
+        (0.0, "ridge must be > 0, got 0.0"),
+        (float("nan"), "ridge must be > 0, got nan"),
+        # Before, an infinite ridge made every coefficient NaN: every neighbour
+        # got weight 0 and every hashtag score 0, without an error.
+        (float("inf"), "ridge must be a finite number, got inf"),
+    ],
+)
+def test_ridge_must_be_a_finite_number_above_zero(ridge, message):
+    with pytest.raises(ValueError, match=f"^{message}$"):
         neighbour_weights(
             SIMILARITIES,
             weighting="reconstruction",
-            ridge=0.0,
+            ridge=ridge,
             gram=np.eye(3)[None],
         )
 
@@ -380,3 +397,49 @@ def test_reconstruction_of_many_queries_equals_one_solve_per_query():
         np.testing.assert_allclose(
             weights[query], expected / expected.sum(), rtol=1e-3, atol=1e-6
         )
+
+
+def test_weighted_votes_refuses_weights_and_ids_of_other_shapes():
+    # Before, scipy's "all index and data arrays must have the same length".
+    with pytest.raises(ValueError) as raised:
+        weighted_votes(np.full((1, 3), 1 / 3, dtype=np.float32), [[0, 1]], LABELS)
+
+    assert str(raised.value) == (
+        "neighbour_ids has shape (1, 2) but weights has (1, 3); both must be "
+        "(queries, k)"
+    )
+
+
+def test_weighted_votes_refuses_a_neighbour_outside_the_index():
+    # Before, scipy's "axis 1 index 5 exceeds matrix dimension 4".
+    with pytest.raises(ValueError) as raised:
+        weighted_votes(np.full((1, 2), 0.5, dtype=np.float32), [[0, 5]], LABELS)
+
+    assert str(raised.value) == "neighbour id 5 is outside the index of 4 photos"
+
+
+def test_neighbour_gram_refuses_a_row_outside_the_vectors():
+    # Before, numpy's IndexError.
+    with pytest.raises(ValueError) as raised:
+        neighbour_gram(np.eye(3, dtype=np.float32), np.array([[0, 3]]))
+
+    assert str(raised.value) == "row 3 is outside the index of 3 photos"
+
+
+def test_an_empty_index_gives_zero_gram_and_zero_scores():
+    ids = np.full((2, 3), -1)
+
+    gram = neighbour_gram(np.zeros((0, 4), dtype=np.float32), ids)
+    weights = neighbour_weights(
+        np.full((2, 3), -np.inf, dtype=np.float32),
+        ids >= 0,
+        weighting="reconstruction",
+        gram=gram,
+    )
+    scores = weighted_votes(weights, ids, sp.csr_matrix((0, 3), dtype=np.float32))
+
+    # Before, gathering row 0 of no rows raised IndexError, and the votes an
+    # index error from scipy for the empty slots' column 0.
+    np.testing.assert_array_equal(gram, np.zeros((2, 3, 3)))
+    np.testing.assert_array_equal(weights, np.zeros((2, 3)))
+    np.testing.assert_array_equal(scores, np.zeros((2, 3)))

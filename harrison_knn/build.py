@@ -268,7 +268,7 @@ def _check_voting_settings(given: dict[str, Any]) -> None:
     checks = {
         "k": (lambda v: v >= 1, "must be at least 1"),
         "weighting": (lambda v: v in voting.WEIGHTINGS, "is not a known weighting"),
-        "temperature": (lambda v: v > 0, "must be > 0"),
+        "temperature": (lambda v: 0 < v < float("inf"), "must be a finite number > 0"),
         "popularity_correction": (lambda v: 0 <= v <= 1, "must lie in [0, 1]"),
         "ridge": (lambda v: v > 0, "must be > 0"),
         "projection_mix": (lambda v: 0 < v <= 1, "must lie in (0, 1]"),

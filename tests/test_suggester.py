@@ -485,7 +485,8 @@ def test_cli_build_prints_the_search_space(flickr30, tmp_path, capsys):
         ("--ridge", "inf", "ridge must be a finite number, got inf"),
         ("--projection-mix", "inf", "projection_mix must lie in (0, 1], got inf"),
         ("--projection-mix", "nan", "projection_mix must lie in (0, 1], got nan"),
-        ("--temperature", "0", "temperature must be > 0, got 0.0"),
+        ("--temperature", "0", "temperature must be a finite number > 0, got 0.0"),
+        ("--temperature", "inf", "temperature must be a finite number > 0, got inf"),
     ],
 )
 def test_cli_build_with_a_bad_voting_setting_exits_2_before_reading_photos(
@@ -503,28 +504,35 @@ def test_cli_build_with_a_bad_voting_setting_exits_2_before_reading_photos(
 
 
 @pytest.mark.parametrize(
-    ("value", "message"),
+    ("option", "value", "message"),
     [
-        ("0", "ridge must be > 0, got 0.0"),
+        ("--ridge", "0", "ridge must be > 0, got 0.0"),
         # Before, an infinite ridge gave every neighbour weight 0, so every
         # photo was answered with no hashtag and exit code 0.
-        ("inf", "ridge must be a finite number, got inf"),
+        ("--ridge", "inf", "ridge must be a finite number, got inf"),
+        # Before, an infinite temperature was accepted and gave equal votes.
+        ("--temperature", "inf", "temperature must be a finite number > 0, got inf"),
+        ("--temperature", "-1", "temperature must be a finite number > 0, got -1.0"),
+        (
+            "--popularity-correction",
+            "1.5",
+            "popularity_correction must lie in [0, 1], got 1.5",
+        ),
     ],
 )
-def test_cli_suggest_with_a_ridge_that_is_not_positive_exits_2(
-    built, capsys, value, message
+def test_cli_suggest_with_a_bad_voting_setting_exits_2_before_reading_photos(
+    built, capsys, monkeypatch, option, value, message
 ):
     data, index_dir, _ = built
+    # Any photo read would fail the test: the settings are checked first.
+    monkeypatch.setattr(
+        "harrison_knn.embedding.load_photo",
+        lambda *args, **kwargs: pytest.fail("a photo was read"),
+    )
 
     code = main(
-        [
-            "suggest",
-            "--index",
-            str(index_dir),
-            "--ridge",
-            value,
-            str(data / "data_list.txt"),
-        ]
+        ["suggest", "--index", str(index_dir), option, value]
+        + [str(data / "data_list.txt")]
     )
 
     assert code == 2

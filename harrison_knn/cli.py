@@ -138,9 +138,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--holdout",
         type=_fraction_or_count,
         default=0,
-        help="photos kept out of the index for 'evaluate': a fraction or a count",
+        help=(
+            "photos kept out of the index for 'evaluate': a fraction or a count "
+            "(default: 0, none)"
+        ),
     )
-    build.add_argument("--seed", type=int, default=0, help="seed of the held-out split")
+    build.add_argument(
+        "--seed", type=int, default=0, help="seed of the held-out split (default: 0)"
+    )
     build.add_argument(
         "--batch-size",
         type=_positive_int,
@@ -161,7 +166,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers",
         type=int,
         default=None,
-        help="decoding processes (default: cores - 1)",
+        help=(
+            "decoding processes (default: one per core beyond the first, at least "
+            "1 and at most 4 on the CPU, at most 16 on a GPU)"
+        ),
     )
     build.add_argument(
         "--max-failures",
@@ -197,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     suggest.add_argument("photos", nargs="+", metavar="PHOTO")
     suggest.add_argument("--index", required=True, help="index folder")
     suggest.add_argument(
-        "--top", type=_positive_int, default=5, help="hashtags per photo"
+        "--top", type=_positive_int, default=5, help="hashtags per photo (default: 5)"
     )
     suggest.add_argument(
         "--neighbours",
@@ -299,15 +307,21 @@ def _run_build(args: argparse.Namespace) -> int:
         f"in {report.seconds_total:.1f} s"
     )
     chosen = report.voting
-    how = "tuned by cross-validation" if chosen.get("tuned") else "defaults"
+    given = _voting_overrides(args)
+    if chosen.get("tuned"):
+        how = "tuned by cross-validation" + (", options kept" if given else "")
+    else:
+        how = "options given, defaults for the rest" if given else "defaults"
+    # Only the parameter the weighting uses: a temperature means nothing to
+    # count, rank or similarity votes.
+    parameter = {
+        "softmax": f"temperature={chosen['temperature']} ",
+        "reconstruction": f"ridge={chosen['ridge']} ",
+    }.get(chosen["weighting"], "")
     threshold = chosen.get("threshold")
     print(
         f"voting ({how}): k={chosen['k']} weighting={chosen['weighting']} "
-        + (
-            f"ridge={chosen['ridge']} "
-            if chosen["weighting"] == "reconstruction"
-            else f"temperature={chosen['temperature']} "
-        )
+        + parameter
         + f"popularity correction={chosen['popularity_correction']} "
         f"search space={_space_name(chosen['projection_mix'])}"
         + (f" threshold={threshold:.3f}" if threshold is not None else "")

@@ -470,8 +470,39 @@ def test_cli_build_prints_the_search_space(flickr30, tmp_path, capsys):
     out = capsys.readouterr().out.splitlines()
     assert code == 0
     assert out[-1] == (
-        "voting (defaults): k=20 weighting=reconstruction ridge=3.0 popularity "
+        "voting (options given, defaults for the rest): k=20 weighting=reconstruction "
+        "ridge=3.0 popularity "
         "correction=0.0 search space=embeddings 0.75 + predicted hashtags 0.25"
+    )
+
+
+def test_cli_build_prints_no_temperature_for_count_votes(flickr30, tmp_path, capsys):
+    code = main(
+        ["-q", "build", str(flickr30), "--index", str(tmp_path / "i")]
+        + ["--workers", "0", "--no-tune", "--weighting", "count"]
+    )
+
+    out = capsys.readouterr().out.splitlines()
+    assert code == 0
+    assert out[-1] == (
+        "voting (options given, defaults for the rest): k=20 weighting=count "
+        "popularity correction=0.0 search space=embeddings"
+    )
+
+
+def test_cli_build_without_voting_options_prints_the_defaults(
+    flickr30, tmp_path, capsys
+):
+    code = main(
+        ["-q", "build", str(flickr30), "--index", str(tmp_path / "i")]
+        + ["--workers", "0", "--no-tune"]
+    )
+
+    out = capsys.readouterr().out.splitlines()
+    assert code == 0
+    assert out[-1] == (
+        "voting (defaults): k=20 weighting=softmax temperature=0.05 "
+        "popularity correction=0.0 search space=embeddings"
     )
 
 

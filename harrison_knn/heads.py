@@ -70,7 +70,7 @@ def fit_head(
     """
     folder = head_folder(index_dir, name)
     index = TagIndex.load(index_dir)
-    embeddings = index.reconstruct(np.arange(len(index)))
+    embeddings = index.embeddings(np.arange(len(index)))
     logger.info(
         "fitting the %s head on the %d photos x %d of %s",
         name,

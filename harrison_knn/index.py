@@ -233,6 +233,17 @@ class TagIndex:
             raise ValueError(f"row {bad} is outside the index of {len(self)} photos")
         return self._stored_rows()[ids]
 
+    def embeddings(self, ids: np.ndarray) -> np.ndarray:
+        """Embeddings of the given rows, ``(len(ids), width) float32`` unit rows.
+
+        The encoder's embeddings, as queries come in: with a projection they
+        are taken back out of the stored vectors.
+        """
+        rows = self.reconstruct(ids)
+        if self.projection is None:
+            return rows
+        return self.projection.embeddings_of(rows)
+
     def neighbour_gram(self, neighbour_ids: np.ndarray) -> np.ndarray:
         """Inner products among each query's neighbours, ``(q, k, k) float32``.
 

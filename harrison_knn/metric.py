@@ -159,6 +159,23 @@ class LabelProjection:
         joined = np.divide(joined, lengths, out=joined, where=lengths > 0)
         return np.ascontiguousarray(joined, dtype=np.float32)
 
+    def embeddings_of(self, searched: np.ndarray) -> np.ndarray:
+        """The embeddings back from searched vectors, ``(n, d) float32`` unit rows.
+
+        The embedding part of a searched vector is the embedding times a
+        positive number, so scaling it back to unit length recovers it (to
+        float32 rounding).
+        """
+        searched = np.asarray(searched, dtype=np.float32)
+        if searched.ndim != 2 or searched.shape[1] != self.output_width:
+            raise ValueError(
+                f"searched vectors must have shape (n, {self.output_width}), got "
+                f"{searched.shape}"
+            )
+        part = searched[:, self.weights.shape[1] :]
+        lengths = np.linalg.norm(part, axis=1, keepdims=True)
+        return np.divide(part, lengths, out=np.zeros_like(part), where=lengths > 0)
+
     def to_bytes(self) -> bytes:
         """The projection as an ``.npz`` file's bytes (no pickled objects)."""
         buffer = io.BytesIO()

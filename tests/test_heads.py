@@ -6,6 +6,7 @@ import scipy.sparse as sp
 
 from harrison_knn.heads import fit_head, head_folder, load_head
 from harrison_knn.index import IndexFormatError, TagIndex
+from harrison_knn.metric import LabelProjection
 
 
 def save_index(folder, n_tags=3, seed=0):
@@ -39,6 +40,32 @@ def test_a_saved_head_scores_like_the_fitted_one(tmp_path):
         loaded.predict_scores(embeddings), fitted.predict_scores(embeddings)
     )
     assert (loaded.predict_scores(embeddings).argmax(axis=1) == tag_ids).all()
+
+
+def test_a_head_of_an_index_with_a_projection_is_fitted_on_the_embeddings(tmp_path):
+    embeddings, tag_ids = save_index(tmp_path / "plain")
+    plain = TagIndex.load(tmp_path / "plain")
+    TagIndex.from_embeddings(
+        embeddings,
+        plain.labels,
+        vocabulary=plain.vocabulary,
+        paths=plain.paths,
+        encoder="test",
+        projection=LabelProjection.fit(embeddings, plain.labels, mix=0.5),
+    ).save(tmp_path / "projected")
+
+    head = fit_head(tmp_path / "projected", "logistic", C=1.0, n_jobs=1)
+    reference = fit_head(tmp_path / "plain", "logistic", C=1.0, n_jobs=1)
+
+    # Before, the head was fitted on the stored vectors (3 predicted hashtags
+    # and 8 embedding columns) and could not score an embedding of width 8.
+    assert head.coef_.shape == (3, 8)
+    np.testing.assert_allclose(
+        head.predict_scores(embeddings),
+        reference.predict_scores(embeddings),
+        atol=1e-4,
+    )
+    assert (head.predict_scores(embeddings).argmax(axis=1) == tag_ids).all()
 
 
 def test_fitting_again_replaces_the_saved_head(tmp_path):

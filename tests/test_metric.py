@@ -302,3 +302,10 @@ def test_fit_refuses_an_infinite_ridge_and_nan_embeddings():
     embeddings[2, 1] = np.nan
     with pytest.raises(ValueError, match="^embeddings hold NaN or infinite values$"):
         LabelProjection.fit(embeddings, labels, mix=0.5)
+
+
+def test_an_index_gives_back_the_embeddings_it_was_built_from():
+    index, embeddings, _ = projected_index()
+
+    np.testing.assert_allclose(index.embeddings(np.arange(40)), embeddings, atol=1e-6)
+    assert index.embeddings(np.array([2, 5])).shape == (2, 6)

@@ -25,7 +25,7 @@ from .embedding import EmbeddingStore, ProgressCallback, embed_photos
 from .encoders import DEFAULT_ENCODER, Encoder, create_encoder
 from .files import write_atomically
 from .index import TagIndex
-from .metric import LabelProjection
+from .metric import LabelProjection, check_mix
 from .tuning import VotingParameters, tune_voting
 
 __all__ = [
@@ -265,20 +265,9 @@ def _check_voting_settings(given: dict[str, Any]) -> None:
     unknown = set(given) - set(VotingParameters.__dataclass_fields__)
     if unknown:
         raise ValueError(f"unknown voting settings: {', '.join(sorted(unknown))}")
-    checks = {
-        "k": (lambda v: v >= 1, "must be at least 1"),
-        "weighting": (lambda v: v in voting.WEIGHTINGS, "is not a known weighting"),
-        "temperature": (lambda v: 0 < v < float("inf"), "must be a finite number > 0"),
-        "popularity_correction": (lambda v: 0 <= v <= 1, "must lie in [0, 1]"),
-        "ridge": (lambda v: v > 0, "must be > 0"),
-        "projection_mix": (lambda v: 0 < v <= 1, "must lie in (0, 1]"),
-    }
-    for name, value in given.items():
-        holds, rule = checks[name]
-        if not holds(value):
-            raise ValueError(f"{name} {rule}, got {value!r}")
-    if "ridge" in given:
-        voting.check_ridge(given["ridge"])
+    voting.check_settings(given)
+    if "projection_mix" in given:
+        check_mix(given["projection_mix"])
 
 
 def _voting_settings(

@@ -279,9 +279,8 @@ class TagIndex:
         """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        vectors = self.vectors
-        if self._on_gpu:
-            vectors = faiss.index_gpu_to_cpu(vectors)
+        # The CPU index is kept beside a GPU copy, so nothing is copied back.
+        vectors = self._cpu_vectors
 
         vectors_name = _write_content_named(
             directory, "vectors", ".faiss", faiss.serialize_index(vectors).tobytes()

@@ -29,11 +29,17 @@ import scipy.sparse as sp
 
 from .voting import check_ridge
 
-__all__ = ["DEFAULT_PROJECTION_RIDGE", "LabelProjection"]
+__all__ = ["DEFAULT_PROJECTION_RIDGE", "LabelProjection", "check_mix"]
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_PROJECTION_RIDGE = 1.0
+
+
+def check_mix(mix: float) -> None:
+    """Refuse a projection mix outside ``(0, 1]`` (NaN included), naming it."""
+    if not 0.0 < mix <= 1.0:
+        raise ValueError(f"projection_mix must lie in (0, 1], got {mix!r}")
 
 
 class LabelProjection:
@@ -66,8 +72,7 @@ class LabelProjection:
             )
         if not np.isfinite(weights).all():
             raise ValueError("projection weights hold NaN or infinite values")
-        if not 0.0 < mix <= 1.0:
-            raise ValueError(f"mix must lie in (0, 1], got {mix!r}")
+        check_mix(mix)
         self.weights = weights
         self.mix = float(mix)
 

@@ -131,25 +131,17 @@ class TagSuggester:
         self.ridge = (
             ridge if ridge is not None else saved.get("ridge", voting.DEFAULT_RIDGE)
         )
-        if self.k < 1:
-            raise ValueError(f"k must be at least 1, got {self.k}")
-        voting.check_ridge(self.ridge)
         # Checked here, not at the first query: a command given bad settings
         # fails before it reads any photo.
-        if self.weighting not in voting.WEIGHTINGS:
-            raise ValueError(
-                f"unknown weighting {self.weighting!r}; choose one of "
-                f"{', '.join(voting.WEIGHTINGS)}"
-            )
-        if not 0 < self.temperature < float("inf"):
-            raise ValueError(
-                f"temperature must be a finite number > 0, got {self.temperature!r}"
-            )
-        if not 0.0 <= self.popularity_correction <= 1.0:
-            raise ValueError(
-                "popularity_correction must lie in [0, 1], got "
-                f"{self.popularity_correction!r}"
-            )
+        voting.check_settings(
+            {
+                "k": self.k,
+                "weighting": self.weighting,
+                "temperature": self.temperature,
+                "popularity_correction": self.popularity_correction,
+                "ridge": self.ridge,
+            }
+        )
         if encoder is not None:
             _check_encoder(index, encoder)
         self.threshold = saved.get("threshold")

@@ -27,7 +27,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from .dataset import fold_indices
-from .metric import LabelProjection
+from .metric import LabelProjection, check_mix
 from .metrics import rank_tags
 from .voting import (
     DEFAULT_RIDGE,
@@ -156,8 +156,7 @@ def tune_voting(
     for mix in mixes:
         # A mix of NaN or above 1 would be searched as the plain embeddings and
         # then reported, and saved, as the chosen value.
-        if not 0.0 < mix <= 1.0:
-            raise ValueError(f"projection_mix must lie in (0, 1], got {mix!r}")
+        check_mix(mix)
     candidates = list(
         itertools.product(mixes, ks, grid["weighting"], grid["popularity_correction"])
     )
@@ -232,11 +231,21 @@ def _parameters_of(mix, k, weighting, parameter, alpha) -> VotingParameters:
     return VotingParameters(
         k=int(k),
         weighting=weighting,
-        temperature=float(parameter) if weighting == "softmax" else DEFAULT_TEMPERATURE,
         popularity_correction=float(alpha),
-        ridge=float(parameter) if weighting == "reconstruction" else DEFAULT_RIDGE,
         projection_mix=float(mix),
+        **_weighting_keywords(weighting, parameter),
     )
+
+
+def _weighting_keywords(weighting: str, parameter) -> dict[str, float]:
+    """``temperature`` and ``ridge`` of a grid weighting ``(weighting, parameter)``:
+    the parameter is the temperature of softmax, the ridge of reconstruction."""
+    return {
+        "temperature": (
+            float(parameter) if weighting == "softmax" else DEFAULT_TEMPERATURE
+        ),
+        "ridge": float(parameter) if weighting == "reconstruction" else DEFAULT_RIDGE,
+    }
 
 
 def select_by_threshold(
@@ -297,9 +306,8 @@ def _fold_weights(search: _FoldSearch, k: int, weighting: str, parameter):
         sims,
         ids >= 0,
         weighting=weighting,
-        temperature=parameter if weighting == "softmax" else DEFAULT_TEMPERATURE,
-        ridge=parameter if weighting == "reconstruction" else DEFAULT_RIDGE,
         gram=gram,
+        **_weighting_keywords(weighting, parameter),
     )
 
 

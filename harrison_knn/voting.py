@@ -21,6 +21,8 @@ It needs the inner products among the neighbours, ``(q, k, k)``, which
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -32,6 +34,7 @@ __all__ = [
     "DEFAULT_WEIGHTING",
     "WEIGHTINGS",
     "check_ridge",
+    "check_settings",
     "neighbour_gram",
     "neighbour_weights",
     "tag_prior",
@@ -131,6 +134,37 @@ def neighbour_weights(
     with np.errstate(invalid="ignore", divide="ignore"):
         weights = np.where(totals > 0, raw / totals, 0.0)
     return weights.astype(np.float32)
+
+
+def check_settings(settings: Mapping[str, Any]) -> None:
+    """Refuse voting settings out of range, naming the setting and its value.
+
+    Args:
+        settings: any of ``k``, ``weighting``, ``temperature``,
+            ``popularity_correction`` and ``ridge``; other names are left to
+            the caller.
+
+    Raises:
+        ValueError: the first setting out of range.
+    """
+    if "k" in settings and not settings["k"] >= 1:
+        raise ValueError(f"k must be at least 1, got {settings['k']!r}")
+    if "weighting" in settings and settings["weighting"] not in WEIGHTINGS:
+        raise ValueError(
+            f"unknown weighting {settings['weighting']!r}; choose one of "
+            f"{', '.join(WEIGHTINGS)}"
+        )
+    if "temperature" in settings and not 0 < settings["temperature"] < np.inf:
+        raise ValueError(
+            f"temperature must be a finite number > 0, got {settings['temperature']!r}"
+        )
+    correction = settings.get("popularity_correction", 0.0)
+    if not 0.0 <= correction <= 1.0:
+        raise ValueError(
+            f"popularity_correction must lie in [0, 1], got {correction!r}"
+        )
+    if "ridge" in settings:
+        check_ridge(settings["ridge"])
 
 
 def check_ridge(ridge: float) -> None:

@@ -47,7 +47,7 @@ from .encoders import DEFAULT_ENCODER, Encoder, create_encoder
 from .heads import HEADS, fit_head, head_folder
 from .index import TagIndex
 from .linear import LogisticHead, TorchLinearHead
-from .metric import LabelProjection
+from .metric import fit_search_space
 from .metrics import evaluate, rank_tags
 from .suggester import TagSuggester
 from .tuning import tune_voting
@@ -124,6 +124,9 @@ class VotingMethod:
         projection_mix: below 1, ``fit`` also fits a
             :class:`~harrison_knn.metric.LabelProjection` with this mix on the
             training photos and searches in its space.
+        prototype_pull: above 0, ``fit`` also fits
+            :class:`~harrison_knn.metric.TagPrototypes` with this pull on the
+            training photos and stores them pulled toward their hashtags.
     """
 
     def __init__(
@@ -134,6 +137,7 @@ class VotingMethod:
         popularity_correction: float = 0.0,
         ridge: float = voting.DEFAULT_RIDGE,
         projection_mix: float = 1.0,
+        prototype_pull: float = 0.0,
     ) -> None:
         self.k = k
         self.weighting = weighting
@@ -141,14 +145,13 @@ class VotingMethod:
         self.popularity_correction = popularity_correction
         self.ridge = ridge
         self.projection_mix = projection_mix
+        self.prototype_pull = prototype_pull
 
     def fit(self, embeddings: np.ndarray, labels: sp.csr_matrix) -> VotingMethod:
         n_photos, n_tags = labels.shape
-        projection = None
-        if self.projection_mix < 1.0:
-            projection = LabelProjection.fit(
-                embeddings, labels, mix=self.projection_mix
-            )
+        projection, prototypes = fit_search_space(
+            embeddings, labels, mix=self.projection_mix, pull=self.prototype_pull
+        )
         # The index wants names for display only; scores never read them.
         index = TagIndex.from_embeddings(
             embeddings,
@@ -157,6 +160,7 @@ class VotingMethod:
             paths=[str(photo) for photo in range(n_photos)],
             encoder="benchmark",
             projection=projection,
+            prototypes=prototypes,
         )
         self.suggester_ = TagSuggester(
             index,

@@ -25,7 +25,7 @@ from .embedding import EmbeddingStore, ProgressCallback, embed_photos
 from .encoders import DEFAULT_ENCODER, Encoder, create_encoder
 from .files import write_atomically
 from .index import TagIndex
-from .metric import LabelProjection, check_mix
+from .metric import check_mix, check_pull, fit_search_space
 from .tuning import VotingParameters, tune_voting
 
 __all__ = [
@@ -237,11 +237,12 @@ def build_index(
         "held_out": [collection.paths[i] for i in test_ids],
     }
     report.voting = settings["voting"]
-    projection = None
-    if settings["voting"]["projection_mix"] < 1.0:
-        projection = LabelProjection.fit(
-            result.vectors[indexed], labels, mix=settings["voting"]["projection_mix"]
-        )
+    projection, prototypes = fit_search_space(
+        result.vectors[indexed],
+        labels,
+        mix=settings["voting"]["projection_mix"],
+        pull=settings["voting"]["prototype_pull"],
+    )
     index = TagIndex.from_embeddings(
         result.vectors[indexed],
         labels,
@@ -251,6 +252,7 @@ def build_index(
         data_root=collection.root.resolve(),
         settings=settings,
         projection=projection,
+        prototypes=prototypes,
     )
     index.save(index_dir)
     _write_report(index_dir, report, started)
@@ -268,6 +270,8 @@ def _check_voting_settings(given: dict[str, Any]) -> None:
     voting.check_settings(given)
     if "projection_mix" in given:
         check_mix(given["projection_mix"])
+    if "prototype_pull" in given:
+        check_pull(given["prototype_pull"])
 
 
 def _voting_settings(
@@ -286,6 +290,7 @@ def _voting_settings(
         "popularity_correction": 0.0,
         "ridge": voting.DEFAULT_RIDGE,
         "projection_mix": 1.0,
+        "prototype_pull": 0.0,
         "threshold": None,
         "tuned": False,
     }
@@ -306,6 +311,8 @@ def _voting_settings(
             grid["popularity_correction"] = (given["popularity_correction"],)
         if "projection_mix" in given:
             grid["projection_mix"] = (given["projection_mix"],)
+        if "prototype_pull" in given:
+            grid["prototype_pull"] = (given["prototype_pull"],)
         result = tune_voting(embeddings, labels, seed=seed, grid=grid)
         settings.update(result.parameters.as_settings())
         settings["threshold"] = result.threshold

@@ -196,6 +196,17 @@ def build_parser() -> argparse.ArgumentParser:
             "cross-validation on the indexed photos)"
         ),
     )
+    build.add_argument(
+        "--prototype-pull",
+        type=float,
+        default=None,
+        metavar="PULL",
+        help=(
+            "store each indexed photo PULL of the way toward the typical vector of "
+            "photos with its hashtags, in [0, 1); 0 stores photos as they are "
+            "(default: tuned by cross-validation on the indexed photos)"
+        ),
+    )
 
     suggest = commands.add_parser(
         "suggest",
@@ -264,6 +275,7 @@ def _voting_overrides(args: argparse.Namespace) -> dict:
         "popularity_correction",
         "ridge",
         "projection_mix",
+        "prototype_pull",
     )
     return {
         name: getattr(args, name)
@@ -323,16 +335,23 @@ def _run_build(args: argparse.Namespace) -> int:
         f"voting ({how}): k={chosen['k']} weighting={chosen['weighting']} "
         + parameter
         + f"popularity correction={chosen['popularity_correction']} "
-        f"search space={_space_name(chosen['projection_mix'])}"
+        f"search space={_space_name(chosen)}"
         + (f" threshold={threshold:.3f}" if threshold is not None else "")
     )
     return 0
 
 
-def _space_name(mix: float) -> str:
-    if mix >= 1.0:
-        return "embeddings"
-    return f"embeddings {mix:g} + predicted hashtags {1 - mix:g}"
+def _space_name(chosen: dict) -> str:
+    """The search space of saved voting settings, in words."""
+    mix = chosen["projection_mix"]
+    name = "embeddings"
+    if mix < 1.0:
+        name = f"embeddings {mix:g} + predicted hashtags {1 - mix:g}"
+    # Indexes built before prototypes existed have no pull in their settings.
+    pull = chosen.get("prototype_pull", 0.0)
+    if pull > 0.0:
+        name += f", indexed photos pulled {pull:g} toward their hashtags"
+    return name
 
 
 def _print_suggestion(suggestion, neighbours: int) -> None:

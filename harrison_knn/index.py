@@ -4,12 +4,18 @@ An index folder holds:
 
 - ``metadata.json``: human-readable; format version, encoder name and width,
   vocabulary, photo paths, photo count, build time, voting defaults, and the
-  names and SHA-256 checksums of the two array files below.
-- ``vectors-<digest>.faiss``: a FAISS inner-product index over unit vectors.
+  names and SHA-256 checksums of the array files below.
+- ``vectors-<digest>.faiss``: a FAISS inner-product index of the searched
+  vectors (unit rows, except as below).
 - ``labels-<digest>.npz``: the photo-by-hashtag matrix as plain CSR arrays.
 - ``projection-<digest>.npz``, when the build chose a learnt search space: the
   :class:`~harrison_knn.metric.LabelProjection` that maps an embedding to the
   vector searched; the FAISS index then holds the mapped vectors.
+- ``prototypes-<digest>.npz``, when the build chose to pull indexed photos
+  toward their hashtags' prototypes: the
+  :class:`~harrison_knn.metric.TagPrototypes`. The FAISS index then holds the
+  pulled rows, which are not of unit length; the photos' own vectors are taken
+  back out of them with the hashtags.
 
 Array files carry their own digest in their name and are written before the
 metadata that points to them; the metadata is replaced by an atomic rename.
@@ -35,7 +41,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from .files import write_atomically
-from .metric import LabelProjection
+from .metric import LabelProjection, TagPrototypes
 from .voting import neighbour_gram
 
 __all__ = [
@@ -66,7 +72,8 @@ class TagIndex:
     """Embeddings of tagged photos, searchable by inner product.
 
     Attributes:
-        vectors: FAISS index of ``(n_photos, width)`` float32 unit rows.
+        vectors: FAISS index of ``(n_photos, searched width)`` float32 rows, of
+            unit length unless pulled toward prototypes.
         labels: ``(n_photos, n_tags)`` float32 0/1 CSR matrix.
         vocabulary: hashtag names in column order of ``labels``.
         paths: photo paths, relative to ``data_root``, in row order.
@@ -76,6 +83,8 @@ class TagIndex:
         settings: voting defaults and build facts kept with the index.
         projection: the map from an embedding to the searched vector, or None
             when the embeddings are searched as they are.
+        prototypes: the pull of indexed photos toward their hashtags'
+            prototypes, or None when they are stored as they are.
     """
 
     vectors: faiss.Index
@@ -87,6 +96,7 @@ class TagIndex:
     built_at: str = ""
     settings: dict[str, Any] = field(default_factory=dict)
     projection: LabelProjection | None = None
+    prototypes: TagPrototypes | None = None
 
     def __post_init__(self) -> None:
         n_photos = self.vectors.ntotal
@@ -95,6 +105,15 @@ class TagIndex:
             raise IndexFormatError(
                 f"the projection gives vectors of width "
                 f"{self.projection.output_width} but the index holds width {searched}"
+            )
+        if self.prototypes is not None and (
+            self.prototypes.width != searched
+            or self.prototypes.tag_count != len(self.vocabulary)
+        ):
+            raise IndexFormatError(
+                f"the prototypes map {self.prototypes.tag_count} hashtags to width "
+                f"{self.prototypes.width}, but the index holds "
+                f"{len(self.vocabulary)} hashtags and width {searched}"
             )
         if self.labels.shape != (n_photos, len(self.vocabulary)):
             raise IndexFormatError(
@@ -135,6 +154,7 @@ class TagIndex:
         data_root: str | os.PathLike = "",
         settings: dict[str, Any] | None = None,
         projection: LabelProjection | None = None,
+        prototypes: TagPrototypes | None = None,
     ) -> TagIndex:
         """Build an exact inner-product index.
 
@@ -148,6 +168,8 @@ class TagIndex:
             settings: voting defaults to keep with the index.
             projection: when given, the index holds ``projection.transform``
                 of the embeddings, and queries are mapped the same way.
+            prototypes: when given, fitted on the (mapped) embeddings, the
+                index holds them pulled toward their hashtags' prototypes.
 
         Raises:
             ValueError: embeddings not a 2-D array or not of unit length.
@@ -164,13 +186,16 @@ class TagIndex:
                 f"embeddings must have unit rows; row {worst} has length "
                 f"{norms[worst]:.4f}"
             )
+        labels = sp.csr_matrix(labels, dtype=np.float32)
         if projection is not None:
             embeddings = projection.transform(embeddings)
+        if prototypes is not None:
+            embeddings = prototypes.apply(embeddings, labels)
         vectors = faiss.IndexFlatIP(embeddings.shape[1])
         vectors.add(embeddings)
         return cls(
             vectors=vectors,
-            labels=sp.csr_matrix(labels, dtype=np.float32),
+            labels=labels,
             vocabulary=list(vocabulary),
             paths=list(paths),
             encoder=encoder,
@@ -178,6 +203,7 @@ class TagIndex:
             built_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             settings=dict(settings or {}),
             projection=projection,
+            prototypes=prototypes,
         )
 
     def to_gpu(self) -> bool:
@@ -225,7 +251,8 @@ class TagIndex:
     def reconstruct(self, ids: np.ndarray) -> np.ndarray:
         """Stored vectors of the given rows, ``(len(ids), searched width) float32``.
 
-        With a projection these are the mapped vectors, not the embeddings.
+        With a projection these are the mapped vectors, and with prototypes the
+        pulled ones, not the embeddings.
         """
         ids = np.asarray(ids, dtype=np.int64).reshape(-1)
         if len(ids) and (ids.min() < 0 or ids.max() >= len(self)):
@@ -236,10 +263,13 @@ class TagIndex:
     def embeddings(self, ids: np.ndarray) -> np.ndarray:
         """Embeddings of the given rows, ``(len(ids), width) float32`` unit rows.
 
-        The encoder's embeddings, as queries come in: with a projection they
-        are taken back out of the stored vectors.
+        The encoder's embeddings, as queries come in: with a projection or
+        prototypes they are taken back out of the stored vectors.
         """
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
         rows = self.reconstruct(ids)
+        if self.prototypes is not None:
+            rows = self.prototypes.remove(rows, self.labels[ids])
         if self.projection is None:
             return rows
         return self.projection.embeddings_of(rows)
@@ -292,6 +322,10 @@ class TagIndex:
         if self.projection is not None:
             names["projection"] = _write_content_named(
                 directory, "projection", ".npz", self.projection.to_bytes()
+            )
+        if self.prototypes is not None:
+            names["prototypes"] = _write_content_named(
+                directory, "prototypes", ".npz", self.prototypes.to_bytes()
             )
         metadata = {
             "format_version": FORMAT_VERSION,
@@ -394,6 +428,11 @@ class TagIndex:
                 if "projection" in files
                 else None
             )
+            prototypes = (
+                TagPrototypes.from_file(files["prototypes"])
+                if "prototypes" in files
+                else None
+            )
         except (RuntimeError, ValueError, OSError, KeyError, EOFError) as error:
             raise IndexFormatError(
                 f"cannot read the index in {directory}: {error}"
@@ -426,13 +465,14 @@ class TagIndex:
                 built_at=metadata.get("built_at", ""),
                 settings=metadata.get("settings", {}),
                 projection=projection,
+                prototypes=prototypes,
             )
         except IndexFormatError as error:
             raise IndexFormatError(f"{directory}: {error}") from error
 
 
-_FILE_ROLES = ("vectors", "labels", "projection")
-_OPTIONAL_FILES = {"projection"}
+_FILE_ROLES = ("vectors", "labels", "projection", "prototypes")
+_OPTIONAL_FILES = {"projection", "prototypes"}
 
 # Every entry the reader relies on, with the JSON type it must have: a metadata
 # file edited by hand must not load with a string where the photo list belongs.
@@ -540,7 +580,12 @@ def _write_content_named(
 
 
 def _remove_unreferenced(directory: Path, keep: set[str]) -> None:
-    for pattern in ("vectors-*.faiss", "labels-*.npz", "projection-*.npz"):
+    for pattern in (
+        "vectors-*.faiss",
+        "labels-*.npz",
+        "projection-*.npz",
+        "prototypes-*.npz",
+    ):
         for path in directory.glob(pattern):
             if path.name not in keep:
                 path.unlink(missing_ok=True)

@@ -3,9 +3,10 @@
 The search splits the photos it is given into folds; each fold's photos query
 an index of the other folds' photos, and every candidate setting of the search
 space (plain embeddings, or embeddings joined with a
-:class:`~harrison_knn.metric.LabelProjection` fitted on the other folds alone),
-the neighbour count, the weighting and its parameter, and the popularity
-correction is scored on them. The setting with the best mean of Precision@1, Recall@5 and
+:class:`~harrison_knn.metric.LabelProjection`; indexed photos as they are, or
+pulled toward :class:`~harrison_knn.metric.TagPrototypes`; both fitted on the
+other folds alone), the neighbour count, the weighting and its parameter, and
+the popularity correction is scored on them. The setting with the best mean of Precision@1, Recall@5 and
 Accuracy@5 wins. Given only a build's training photos, nothing held out for
 testing is ever seen, so scores measured afterwards on held-out photos are
 honest (the search is nested inside any outer evaluation).
@@ -27,7 +28,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from .dataset import fold_indices
-from .metric import LabelProjection, check_mix
+from .metric import check_mix, check_pull, fit_search_space
 from .metrics import rank_tags
 from .voting import (
     DEFAULT_RIDGE,
@@ -52,9 +53,11 @@ logger = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class VotingParameters:
     """One voting setting: the keyword arguments of :func:`voting.vote`, and
-    the share ``projection_mix`` of the plain embedding in the search space
-    (1 searches the embeddings as they are; see
-    :class:`~harrison_knn.metric.LabelProjection`)."""
+    the search space: the share ``projection_mix`` of the plain embedding (1
+    searches the embeddings as they are; see
+    :class:`~harrison_knn.metric.LabelProjection`) and the ``prototype_pull``
+    of indexed photos toward their hashtags (0 stores them as they are; see
+    :class:`~harrison_knn.metric.TagPrototypes`)."""
 
     k: int
     weighting: str
@@ -62,6 +65,7 @@ class VotingParameters:
     popularity_correction: float
     ridge: float = DEFAULT_RIDGE
     projection_mix: float = 1.0
+    prototype_pull: float = 0.0
 
     def as_settings(self) -> dict[str, float | int | str]:
         return asdict(self)
@@ -86,9 +90,10 @@ DEFAULT_GRID: dict[str, Sequence] = {
     ),
     "popularity_correction": (0.0, 0.25, 0.5, 1.0),
     "projection_mix": (1.0, 0.5),
+    "prototype_pull": (0.0, 0.75),
 }
-"""Candidates searched by default: 2 search spaces x 7 neighbour counts x 11
-weightings x 4 corrections."""
+"""Candidates searched by default: 4 search spaces (2 mixes x 2 pulls) x 7
+neighbour counts x 11 weightings x 4 corrections."""
 
 
 @dataclass
@@ -136,8 +141,9 @@ def tune_voting(
         A :class:`TuningResult`.
 
     Raises:
-        ValueError: fewer than ``2 * folds`` photos, an empty grid, or a
-            ``projection_mix`` outside ``(0, 1]``.
+        ValueError: fewer than ``2 * folds`` photos, an empty grid, a
+            ``projection_mix`` outside ``(0, 1]`` or a ``prototype_pull``
+            outside ``[0, 1)``.
     """
     embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
     labels = sp.csr_matrix(labels, dtype=np.float32)
@@ -152,13 +158,14 @@ def tune_voting(
     grid = {**DEFAULT_GRID, **(grid or {})}
     smallest_index = n - -(-n // folds)
     ks = sorted(k for k in grid["k"] if k <= smallest_index) or [smallest_index]
-    mixes = tuple(grid["projection_mix"])
-    for mix in mixes:
+    spaces = list(itertools.product(grid["projection_mix"], grid["prototype_pull"]))
+    for mix, pull in spaces:
         # A mix of NaN or above 1 would be searched as the plain embeddings and
-        # then reported, and saved, as the chosen value.
+        # then reported, and saved, as the chosen value; so would such a pull.
         check_mix(mix)
+        check_pull(pull)
     candidates = list(
-        itertools.product(mixes, ks, grid["weighting"], grid["popularity_correction"])
+        itertools.product(spaces, ks, grid["weighting"], grid["popularity_correction"])
     )
     if not candidates:
         raise ValueError("the tuning grid holds no candidate")
@@ -178,32 +185,33 @@ def tune_voting(
             test_ids = np.sort(rng.choice(test_ids, max_queries, replace=False))
         prior = tag_prior(labels[train_ids])
         truth = labels[test_ids]
-        searches = {}
-        for mix in mixes:
-            searches[mix] = _search_fold(
-                embeddings, labels, train_ids, test_ids, mix, max(ks), grid
-            )
         fold_data.append((train_ids, test_ids))
-        # One share matrix at a time: at HARRISON scale each is 2,000 x 997.
-        for mix, k, weighting in itertools.product(mixes, ks, grid["weighting"]):
-            search = searches[mix]
-            weights = _fold_weights(search, k, *weighting)
-            share = weighted_votes(weights, search.neighbours[:, :k], labels[train_ids])
-            for alpha in grid["popularity_correction"]:
-                position = positions[mix, k, weighting, alpha]
-                totals[position] += _quick_metrics(
-                    share - np.float32(alpha) * prior, truth
+        # One space searched at a time, and one share matrix at a time: at
+        # HARRISON scale each is 2,000 x 997.
+        for space in spaces:
+            search = _search_fold(
+                embeddings, labels, train_ids, test_ids, space, max(ks), grid
+            )
+            for k, weighting in itertools.product(ks, grid["weighting"]):
+                weights = _fold_weights(search, k, *weighting)
+                share = weighted_votes(
+                    weights, search.neighbours[:, :k], labels[train_ids]
                 )
+                for alpha in grid["popularity_correction"]:
+                    position = positions[space, k, weighting, alpha]
+                    totals[position] += _quick_metrics(
+                        share - np.float32(alpha) * prior, truth
+                    )
 
     means = totals / folds
     objectives = means.mean(axis=1)
     order = np.argsort(-objectives, kind="stable")
     table = []
     for position in order:
-        mix, k, (weighting, parameter), alpha = candidates[position]
+        space, k, (weighting, parameter), alpha = candidates[position]
         table.append(
             {
-                **_parameters_of(mix, k, weighting, parameter, alpha).as_settings(),
+                **_parameters_of(space, k, weighting, parameter, alpha).as_settings(),
                 "P@1": float(means[position, 0]),
                 "R@5": float(means[position, 1]),
                 "A@5": float(means[position, 2]),
@@ -226,13 +234,16 @@ def tune_voting(
     return TuningResult(parameters, threshold, best["objective"], table)
 
 
-def _parameters_of(mix, k, weighting, parameter, alpha) -> VotingParameters:
-    """The setting of one grid point; ``parameter`` is the weighting's own."""
+def _parameters_of(space, k, weighting, parameter, alpha) -> VotingParameters:
+    """The setting of one grid point; ``space`` is ``(projection_mix,
+    prototype_pull)`` and ``parameter`` the weighting's own."""
+    mix, pull = space
     return VotingParameters(
         k=int(k),
         weighting=weighting,
         popularity_correction=float(alpha),
         projection_mix=float(mix),
+        prototype_pull=float(pull),
         **_weighting_keywords(weighting, parameter),
     )
 
@@ -277,17 +288,24 @@ class _FoldSearch:
     gram: np.ndarray | None
 
 
-def _search_fold(embeddings, labels, train_ids, test_ids, mix, k, grid):
-    """Search a fold's queries among the other folds' photos in one space.
+def _search_fold(embeddings, labels, train_ids, test_ids, space, k, grid):
+    """Search a fold's queries among the other folds' photos in one space,
+    ``(projection_mix, prototype_pull)``.
 
-    The projection, when there is one, is fitted on the other folds alone: one
-    fitted on the queries' own hashtags would place them next to photos tagged
-    alike and make the learnt space look better than it is.
+    The projection and the prototypes, when there are any, are fitted on the
+    other folds alone: fitted on the queries' own hashtags they would place
+    the queries next to photos tagged alike and make the space look better
+    than it is.
     """
     indexed, queries = embeddings[train_ids], embeddings[test_ids]
-    if mix < 1.0:
-        projection = LabelProjection.fit(indexed, labels[train_ids], mix=mix)
+    mix, pull = space
+    projection, prototypes = fit_search_space(
+        indexed, labels[train_ids], mix=mix, pull=pull
+    )
+    if projection is not None:
         indexed, queries = projection.transform(indexed), projection.transform(queries)
+    if prototypes is not None:
+        indexed = prototypes.apply(indexed, labels[train_ids])
     index = faiss.IndexFlatIP(indexed.shape[1])
     index.add(indexed)
     similarities, neighbours = index.search(queries, k)
@@ -342,7 +360,7 @@ def _calibrate_threshold(parameters, fold_data, embeddings, labels) -> float:
             labels,
             train_ids,
             test_ids,
-            parameters.projection_mix,
+            (parameters.projection_mix, parameters.prototype_pull),
             parameters.k,
             grid,
         )

@@ -476,6 +476,37 @@ def test_cli_build_prints_the_search_space(flickr30, tmp_path, capsys):
     )
 
 
+def test_cli_build_pulls_photos_toward_their_prototypes(flickr30, tmp_path, capsys):
+    index_dir = tmp_path / "i"
+
+    code = main(
+        ["-q", "build", str(flickr30), "--index", str(index_dir), "--holdout", "5"]
+        + ["--workers", "0", "--no-tune", "--prototype-pull", "0.5"]
+    )
+
+    out = capsys.readouterr().out.splitlines()
+    assert code == 0
+    assert out[-1] == (
+        "voting (options given, defaults for the rest): k=20 weighting=softmax "
+        "temperature=0.05 popularity correction=0.0 search space=embeddings, "
+        "indexed photos pulled 0.5 toward their hashtags"
+    )
+    suggester = TagSuggester.load(index_dir)
+    index = suggester.index
+    assert index.prototypes.pull == 0.5
+    assert (index.prototypes.tag_count, index.prototypes.width) == (997, 1280)
+    # A photo's similarity to its own stored row is half its cosine with itself
+    # and half its cosine with its prototype.
+    path = index.paths[3]
+    suggestion = suggester.suggest(flickr30 / path, top=3)
+    own = index.embeddings(np.array([3]))
+    prototype = index.prototypes.prototypes(index.labels[3])
+    found = {n.path: n.similarity for n in suggestion.neighbours}
+    assert found[path] == pytest.approx(
+        0.5 + 0.5 * (own @ prototype.T).item(), abs=1e-4
+    )
+
+
 def test_cli_build_prints_no_temperature_for_count_votes(flickr30, tmp_path, capsys):
     code = main(
         ["-q", "build", str(flickr30), "--index", str(tmp_path / "i")]
@@ -517,6 +548,9 @@ def test_cli_build_without_voting_options_prints_the_defaults(
         ("--projection-mix", "inf", "projection_mix must lie in (0, 1], got inf"),
         ("--projection-mix", "nan", "projection_mix must lie in (0, 1], got nan"),
         ("--temperature", "0", "temperature must be a finite number > 0, got 0.0"),
+        ("--prototype-pull", "1", "prototype_pull must lie in [0, 1), got 1.0"),
+        ("--prototype-pull", "-0.5", "prototype_pull must lie in [0, 1), got -0.5"),
+        ("--prototype-pull", "nan", "prototype_pull must lie in [0, 1), got nan"),
         ("--temperature", "inf", "temperature must be a finite number > 0, got inf"),
     ],
 )

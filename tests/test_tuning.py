@@ -35,9 +35,11 @@ def test_every_candidate_is_scored_and_the_best_wins():
 
     result = tune_voting(embeddings, labels, folds=3, grid=grid)
 
-    # 2 search spaces (the default: plain, and half label projection) x 8.
-    assert len(result.candidates) == 16
+    # 4 search spaces (the default: plain or half label projection, photos
+    # stored as they are or pulled 0.75 toward their prototypes) x 8.
+    assert len(result.candidates) == 32
     assert {c["projection_mix"] for c in result.candidates} == {1.0, 0.5}
+    assert {c["prototype_pull"] for c in result.candidates} == {0.0, 0.75}
     objectives = [c["objective"] for c in result.candidates]
     assert objectives == sorted(objectives, reverse=True)
     assert result.objective == objectives[0]
@@ -56,6 +58,7 @@ def test_a_single_candidate_grid_returns_that_setting():
         "weighting": (("reconstruction", 2.0),),
         "popularity_correction": (0.25,),
         "projection_mix": (0.5,),
+        "prototype_pull": (0.5,),
     }
 
     result = tune_voting(embeddings, labels, folds=2, grid=grid)
@@ -69,24 +72,26 @@ def test_a_single_candidate_grid_returns_that_setting():
         "popularity_correction": 0.25,
         "ridge": 2.0,
         "projection_mix": 0.5,
+        "prototype_pull": 0.5,
     }
     assert len(result.candidates) == 1
 
 
-def test_a_fold_is_searched_with_a_projection_fitted_without_its_queries():
+@pytest.mark.parametrize("space", [(0.5, 0.0), (1.0, 0.75), (0.5, 0.75)])
+def test_a_fold_is_searched_in_a_space_fitted_without_its_queries(space):
     embeddings, labels = clustered()
     train_ids, test_ids = np.arange(0, 90), np.arange(90, 120)
     grid = {"weighting": (("softmax", 0.1),)}
     shuffled = labels.toarray()
     shuffled[test_ids] = np.random.default_rng(1).permutation(shuffled[test_ids])
 
-    search = _search_fold(embeddings, labels, train_ids, test_ids, 0.5, 10, grid)
+    search = _search_fold(embeddings, labels, train_ids, test_ids, space, 10, grid)
     relabelled = _search_fold(
-        embeddings, sp.csr_matrix(shuffled), train_ids, test_ids, 0.5, 10, grid
+        embeddings, sp.csr_matrix(shuffled), train_ids, test_ids, space, 10, grid
     )
 
-    # The queries' own hashtags never reach the projection: changing them
-    # changes no similarity and no neighbour.
+    # The queries' own hashtags never reach the projection or the prototypes:
+    # changing them changes no similarity and no neighbour.
     assert (shuffled[test_ids] != labels.toarray()[test_ids]).any()
     np.testing.assert_array_equal(relabelled.similarities, search.similarities)
     np.testing.assert_array_equal(relabelled.neighbours, search.neighbours)
@@ -141,6 +146,15 @@ def test_too_few_photos_are_refused():
             {"projection_mix": (1.0, 2.0)},
             r"projection_mix must lie in \(0, 1\], got 2.0",
         ),
+        # A pull of 1 would leave no trace of a photo's own vector to take back.
+        (
+            {"prototype_pull": (0.0, 1.0)},
+            r"prototype_pull must lie in \[0, 1\), got 1.0",
+        ),
+        (
+            {"prototype_pull": (float("nan"),)},
+            r"prototype_pull must lie in \[0, 1\), got nan",
+        ),
         # Before, every reconstruction weight came out 0, and so every score.
         (
             {"weighting": (("reconstruction", float("inf")),)},
@@ -186,6 +200,7 @@ def test_build_settings_without_tuning_are_the_defaults():
         "popularity_correction": 0.0,
         "ridge": 1.0,
         "projection_mix": 1.0,
+        "prototype_pull": 0.0,
         "threshold": None,
         "tuned": False,
     }

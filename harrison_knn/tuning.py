@@ -71,8 +71,13 @@ class VotingParameters:
         return asdict(self)
 
 
+MAX_RECONSTRUCTION_K = 120
+"""Largest k the search tries with reconstruction weights, unless the grid
+holds no other choice: their neighbours' inner products take ``4 * k * k``
+bytes a query, 1.3 GB for 2,000 queries at k = 400."""
+
 DEFAULT_GRID: dict[str, Sequence] = {
-    "k": (5, 10, 20, 30, 50, 80, 120),
+    "k": (5, 10, 20, 30, 50, 80, 120, 200, 400),
     # Each weighting with its parameter: the temperature of softmax, the ridge
     # of reconstruction; the other rules have none.
     "weighting": (
@@ -92,8 +97,9 @@ DEFAULT_GRID: dict[str, Sequence] = {
     "projection_mix": (1.0, 0.5),
     "prototype_pull": (0.0, 0.75),
 }
-"""Candidates searched by default: 4 search spaces (2 mixes x 2 pulls) x 7
-neighbour counts x 11 weightings x 4 corrections."""
+"""Candidates searched by default: 4 search spaces (2 mixes x 2 pulls) x 4
+corrections x 9 neighbour counts x 11 weightings, less reconstruction weights
+above :data:`MAX_RECONSTRUCTION_K` neighbours: 1,456 settings."""
 
 
 @dataclass
@@ -164,9 +170,23 @@ def tune_voting(
         # then reported, and saved, as the chosen value; so would such a pull.
         check_mix(mix)
         check_pull(pull)
-    candidates = list(
-        itertools.product(spaces, ks, grid["weighting"], grid["popularity_correction"])
+    votes = list(itertools.product(ks, grid["weighting"]))
+    # A k above the limit that the caller fixed is searched as given.
+    votes = [
+        (k, weighting)
+        for k, weighting in votes
+        if weighting[0] != "reconstruction" or k <= MAX_RECONSTRUCTION_K
+    ] or votes
+    gram_k = max(
+        (k for k, (weighting, _) in votes if weighting == "reconstruction"),
+        default=0,
     )
+    candidates = [
+        (space, k, weighting, alpha)
+        for space, (k, weighting), alpha in itertools.product(
+            spaces, votes, grid["popularity_correction"]
+        )
+    ]
     if not candidates:
         raise ValueError("the tuning grid holds no candidate")
     logger.info(
@@ -184,15 +204,15 @@ def tune_voting(
         if len(test_ids) > max_queries:
             test_ids = np.sort(rng.choice(test_ids, max_queries, replace=False))
         prior = tag_prior(labels[train_ids])
-        truth = labels[test_ids]
+        truth = labels[test_ids].toarray() > 0
         fold_data.append((train_ids, test_ids))
         # One space searched at a time, and one share matrix at a time: at
         # HARRISON scale each is 2,000 x 997.
         for space in spaces:
             search = _search_fold(
-                embeddings, labels, train_ids, test_ids, space, max(ks), grid
+                embeddings, labels, train_ids, test_ids, space, max(ks), gram_k
             )
-            for k, weighting in itertools.product(ks, grid["weighting"]):
+            for k, weighting in votes:
                 weights = _fold_weights(search, k, *weighting)
                 share = weighted_votes(
                     weights, search.neighbours[:, :k], labels[train_ids]
@@ -288,9 +308,10 @@ class _FoldSearch:
     gram: np.ndarray | None
 
 
-def _search_fold(embeddings, labels, train_ids, test_ids, space, k, grid):
+def _search_fold(embeddings, labels, train_ids, test_ids, space, k, gram_k):
     """Search a fold's queries among the other folds' photos in one space,
-    ``(projection_mix, prototype_pull)``.
+    ``(projection_mix, prototype_pull)``, for k neighbours, and keep the inner
+    products of the first ``gram_k`` of them (none when 0).
 
     The projection and the prototypes, when there are any, are fitted on the
     other folds alone: fitted on the queries' own hashtags they would place
@@ -310,8 +331,8 @@ def _search_fold(embeddings, labels, train_ids, test_ids, space, k, grid):
     index.add(indexed)
     similarities, neighbours = index.search(queries, k)
     gram = None
-    if any(weighting == "reconstruction" for weighting, _ in grid["weighting"]):
-        gram = neighbour_gram(indexed, neighbours)
+    if gram_k:
+        gram = neighbour_gram(indexed, neighbours[:, :gram_k])
     return _FoldSearch(similarities, neighbours, gram)
 
 
@@ -329,12 +350,12 @@ def _fold_weights(search: _FoldSearch, k: int, weighting: str, parameter):
     )
 
 
-def _quick_metrics(scores: np.ndarray, truth: sp.csr_matrix) -> np.ndarray:
-    """P@1, R@5 and A@5 of one score matrix (photos without tags count as misses)."""
+def _quick_metrics(scores: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """P@1, R@5 and A@5 of one score matrix against a dense boolean truth
+    (photos without tags count as misses)."""
     top, _ = rank_tags(scores, min(5, scores.shape[1]))
-    dense_truth = truth.toarray() > 0
-    hits = np.take_along_axis(dense_truth, top, axis=1)
-    n_true = np.maximum(dense_truth.sum(axis=1), 1)
+    hits = np.take_along_axis(truth, top, axis=1)
+    n_true = np.maximum(truth.sum(axis=1), 1)
     return np.array(
         [hits[:, 0].mean(), (hits.sum(axis=1) / n_true).mean(), hits.any(axis=1).mean()]
     )
@@ -353,7 +374,7 @@ def _calibrate_threshold(parameters, fold_data, embeddings, labels) -> float:
         if parameters.weighting == "reconstruction"
         else parameters.temperature
     )
-    grid = {"weighting": ((parameters.weighting, parameter),)}
+    gram_k = parameters.k if parameters.weighting == "reconstruction" else 0
     for train_ids, test_ids in fold_data:
         search = _search_fold(
             embeddings,
@@ -362,7 +383,7 @@ def _calibrate_threshold(parameters, fold_data, embeddings, labels) -> float:
             test_ids,
             (parameters.projection_mix, parameters.prototype_pull),
             parameters.k,
-            grid,
+            gram_k,
         )
         weights = _fold_weights(search, parameters.k, parameters.weighting, parameter)
         all_scores.append(

@@ -81,13 +81,12 @@ def test_a_single_candidate_grid_returns_that_setting():
 def test_a_fold_is_searched_in_a_space_fitted_without_its_queries(space):
     embeddings, labels = clustered()
     train_ids, test_ids = np.arange(0, 90), np.arange(90, 120)
-    grid = {"weighting": (("softmax", 0.1),)}
     shuffled = labels.toarray()
     shuffled[test_ids] = np.random.default_rng(1).permutation(shuffled[test_ids])
 
-    search = _search_fold(embeddings, labels, train_ids, test_ids, space, 10, grid)
+    search = _search_fold(embeddings, labels, train_ids, test_ids, space, 10, 0)
     relabelled = _search_fold(
-        embeddings, sp.csr_matrix(shuffled), train_ids, test_ids, space, 10, grid
+        embeddings, sp.csr_matrix(shuffled), train_ids, test_ids, space, 10, 0
     )
 
     # The queries' own hashtags never reach the projection or the prototypes:
@@ -97,6 +96,43 @@ def test_a_fold_is_searched_in_a_space_fitted_without_its_queries(space):
     np.testing.assert_array_equal(relabelled.neighbours, search.neighbours)
     assert search.similarities.shape == (30, 10)
     assert search.gram is None
+
+
+def test_reconstruction_weights_are_searched_up_to_their_largest_k():
+    embeddings, labels = clustered(n_per_cluster=70)
+    grid = {
+        "k": (10, 200),
+        "weighting": (("softmax", 0.1), ("reconstruction", 2.0)),
+        "popularity_correction": (0.0,),
+        "projection_mix": (1.0,),
+        "prototype_pull": (0.0,),
+    }
+
+    result = tune_voting(embeddings, labels, folds=5, grid=grid)
+
+    # The (200, 200) inner products of 2,000 queries' neighbours would take
+    # 320 MB; reconstruction is tried at k = 10 only.
+    tried = sorted((c["k"], c["weighting"]) for c in result.candidates)
+    assert tried == [(10, "reconstruction"), (10, "softmax"), (200, "softmax")]
+
+
+def test_reconstruction_weights_at_a_fixed_large_k_are_searched_as_given():
+    embeddings, labels = clustered(n_per_cluster=70)
+    grid = {
+        "k": (200,),
+        "weighting": (("reconstruction", 2.0),),
+        "popularity_correction": (0.0,),
+        "projection_mix": (1.0,),
+        "prototype_pull": (0.0,),
+    }
+
+    result = tune_voting(embeddings, labels, folds=5, grid=grid)
+
+    assert [(c["k"], c["weighting"]) for c in result.candidates] == [
+        (200, "reconstruction")
+    ]
+    assert result.parameters.k == 200
+    assert 0.9 < result.candidates[0]["P@1"] <= 1.0
 
 
 def test_neighbour_counts_larger_than_a_fold_are_dropped():

@@ -283,6 +283,11 @@ def _voting_settings(
 ) -> dict[str, Any]:
     """Voting defaults to save: the given ones, tuned ones, or the library's."""
     _check_voting_settings(given)
+    # numpy numbers (np.float32(0.5)) pass the checks but not json.dumps.
+    given = {
+        name: value.item() if isinstance(value, np.generic) else value
+        for name, value in given.items()
+    }
     settings = {
         "k": voting.DEFAULT_K,
         "weighting": voting.DEFAULT_WEIGHTING,

@@ -203,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PULL",
         help=(
             "store each indexed photo PULL of the way toward the typical vector of "
-            "photos with its hashtags, in [0, 1); 0 stores photos as they are "
+            "photos with its hashtags, in [0, 0.99]; 0 stores photos as they are "
             "(default: tuned by cross-validation on the indexed photos)"
         ),
     )

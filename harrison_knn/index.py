@@ -32,6 +32,7 @@ import json
 import logging
 import os
 import threading
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -187,6 +188,10 @@ class TagIndex:
                 f"{norms[worst]:.4f}"
             )
         labels = sp.csr_matrix(labels, dtype=np.float32)
+        if labels.shape[0] != embeddings.shape[0]:
+            raise ValueError(
+                f"{labels.shape[0]} label rows for {embeddings.shape[0]} embeddings"
+            )
         if projection is not None:
             embeddings = projection.transform(embeddings)
         if prototypes is not None:
@@ -254,7 +259,11 @@ class TagIndex:
         With a projection these are the mapped vectors, and with prototypes the
         pulled ones, not the embeddings.
         """
-        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        ids = np.asarray(ids)
+        if ids.size and ids.dtype.kind not in "iu":
+            # A boolean mask would be read as rows 0 and 1, and 2.9 as row 2.
+            raise ValueError(f"row ids must be whole numbers, got dtype {ids.dtype}")
+        ids = ids.astype(np.int64).reshape(-1)
         if len(ids) and (ids.min() < 0 or ids.max() >= len(self)):
             bad = int(ids.min() if ids.min() < 0 else ids.max())
             raise ValueError(f"row {bad} is outside the index of {len(self)} photos")
@@ -266,8 +275,8 @@ class TagIndex:
         The encoder's embeddings, as queries come in: with a projection or
         prototypes they are taken back out of the stored vectors.
         """
-        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
         rows = self.reconstruct(ids)
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
         if self.prototypes is not None:
             rows = self.prototypes.remove(rows, self.labels[ids])
         if self.projection is None:
@@ -433,11 +442,19 @@ class TagIndex:
                 if "prototypes" in files
                 else None
             )
-        except (RuntimeError, ValueError, OSError, KeyError, EOFError) as error:
+        except (
+            RuntimeError,
+            ValueError,
+            OSError,
+            KeyError,
+            EOFError,
+            zipfile.BadZipFile,
+        ) as error:
             raise IndexFormatError(
                 f"cannot read the index in {directory}: {error}"
             ) from error
 
+        _check_space_files(metadata, metadata_path, projection, prototypes)
         searched = metadata["width"]
         if projection is not None:
             if projection.input_width != metadata["width"]:
@@ -489,6 +506,37 @@ _OPTIONAL_ENTRIES = {
     "built_at": "a string",
     "settings": "an object",
 }
+
+
+def _check_space_files(metadata, metadata_path, projection, prototypes) -> None:
+    """Refuse an index whose projection or prototypes file disagrees with the
+    search space its voting settings record, or is missing: the vectors would
+    be searched, and the embeddings taken back out of them, in the wrong space.
+    """
+    voting = metadata.get("settings", {}).get("voting", {})
+    if not isinstance(voting, dict):
+        return
+    recorded = {
+        "projection_mix": (voting.get("projection_mix"), 1.0, projection, "mix"),
+        "prototype_pull": (voting.get("prototype_pull"), 0.0, prototypes, "pull"),
+    }
+    for name, (setting, neutral, part, attribute) in recorded.items():
+        if setting is None:
+            continue  # written before this setting existed
+        if isinstance(setting, bool) or not isinstance(setting, (int, float)):
+            raise IndexFormatError(
+                f"{metadata_path}: settings.voting.{name} should be a number, got "
+                f"{setting!r}"
+            )
+        found = neutral if part is None else getattr(part, attribute)
+        if not np.isclose(found, setting, rtol=1e-6, atol=0.0):
+            kind = "projection" if name == "projection_mix" else "prototypes"
+            raise IndexFormatError(
+                f"{metadata_path} records {name} {setting!r}, but the index's "
+                f"{kind} file gives {found!r}"
+                + (" (no such file is listed)" if part is None else "")
+                + "; rebuild the index with 'harrison-knn build'"
+            )
 
 
 def _has_json_type(value: Any, expected: str) -> bool:

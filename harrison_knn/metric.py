@@ -27,12 +27,13 @@ from __future__ import annotations
 
 import io
 import logging
+import zipfile
 
 import numpy as np
 import scipy.linalg
 import scipy.sparse as sp
 
-from .voting import check_ridge
+from .voting import check_number, check_ridge
 
 __all__ = [
     "DEFAULT_PROJECTION_RIDGE",
@@ -48,18 +49,26 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_PROJECTION_RIDGE = 1.0
 DEFAULT_PROTOTYPE_RIDGE = 1.0
+MAX_PULL = 0.99
+"""Largest prototype pull: taking a photo's own vector back out of a stored row
+divides by ``1 - pull``, which above this magnifies float32 rounding past
+1e-5 (and at ``1 - 1e-8`` the pull rounds to 1 and nothing is left)."""
 
 
 def check_mix(mix: float) -> None:
-    """Refuse a projection mix outside ``(0, 1]`` (NaN included), naming it."""
+    """Refuse a projection mix outside ``(0, 1]`` (NaN included) or not a
+    number, naming it."""
+    check_number("projection_mix", mix)
     if not 0.0 < mix <= 1.0:
         raise ValueError(f"projection_mix must lie in (0, 1], got {mix!r}")
 
 
 def check_pull(pull: float) -> None:
-    """Refuse a prototype pull outside ``[0, 1)`` (NaN included), naming it."""
-    if not 0.0 <= pull < 1.0:
-        raise ValueError(f"prototype_pull must lie in [0, 1), got {pull!r}")
+    """Refuse a prototype pull outside ``[0, MAX_PULL]`` (NaN included) or not
+    a number, naming it."""
+    check_number("prototype_pull", pull)
+    if not 0.0 <= pull <= MAX_PULL:
+        raise ValueError(f"prototype_pull must lie in [0, {MAX_PULL}], got {pull!r}")
 
 
 class LabelProjection:
@@ -215,12 +224,12 @@ class TagPrototypes:
     Args:
         weights: ``(n_tags, width) float32`` map from a photo's hashtags (as a
             unit 0/1 row) to its prototype, before scaling to unit length.
-        pull: weight of the prototype, in ``(0, 1)``; below 1, so that a photo's
-            own vector can be taken back out of the stored one.
+        pull: weight of the prototype, in ``(0, MAX_PULL]``; below 1, so that a
+            photo's own vector can be taken back out of the stored one.
 
     Raises:
         ValueError: weights not a 2-D finite array of real numbers, or pull
-            outside ``(0, 1)``.
+            outside ``(0, MAX_PULL]``.
     """
 
     def __init__(self, weights: np.ndarray, pull: float) -> None:
@@ -281,7 +290,7 @@ class TagPrototypes:
         """``(n, width) float32`` unit prototypes of photos with these hashtags;
         zero rows for photos without any."""
         labels = sp.csr_matrix(labels, dtype=np.float32)
-        if labels.shape[1] != self.tag_count:
+        if labels.ndim != 2 or labels.shape[1] != self.tag_count:
             raise ValueError(
                 f"labels must have {self.tag_count} hashtag columns, got "
                 f"{labels.shape[1]}"
@@ -293,7 +302,7 @@ class TagPrototypes:
         self, vectors: np.ndarray, labels: sp.spmatrix | np.ndarray
     ) -> np.ndarray:
         """Stored rows of photos with these vectors and hashtags, ``(n, width)``."""
-        vectors = self._checked_vectors(vectors)
+        vectors = self._checked_vectors(vectors, labels)
         prototypes = self.prototypes(labels)
         untagged = ~prototypes.any(axis=1)
         prototypes[untagged] = vectors[untagged]
@@ -304,18 +313,23 @@ class TagPrototypes:
         self, stored: np.ndarray, labels: sp.spmatrix | np.ndarray
     ) -> np.ndarray:
         """The photos' own vectors back from stored rows: undoes :meth:`apply`."""
-        stored = self._checked_vectors(stored)
+        stored = self._checked_vectors(stored, labels)
         prototypes = self.prototypes(labels)
         untagged = ~prototypes.any(axis=1)
         own = (stored - self.pull * prototypes) / (1.0 - self.pull)
         own[untagged] = stored[untagged]
         return np.ascontiguousarray(own, dtype=np.float32)
 
-    def _checked_vectors(self, vectors: np.ndarray) -> np.ndarray:
+    def _checked_vectors(self, vectors: np.ndarray, labels) -> np.ndarray:
         vectors = np.asarray(vectors, dtype=np.float32)
         if vectors.ndim != 2 or vectors.shape[1] != self.width:
             raise ValueError(
-                f"vectors must have shape (n, {self.width}), got {vectors.shape}"
+                f"these prototypes pull vectors of width {self.width}; got vectors "
+                f"of shape {vectors.shape}"
+            )
+        if labels.shape[0] != vectors.shape[0]:
+            raise ValueError(
+                f"{labels.shape[0]} label rows for {vectors.shape[0]} vectors"
             )
         return vectors
 
@@ -356,7 +370,7 @@ def fit_search_space(
         pull: weight of the hashtag prototypes; 0 fits none.
 
     Raises:
-        ValueError: mix outside ``(0, 1]`` or pull outside ``[0, 1)``.
+        ValueError: mix outside ``(0, 1]`` or pull outside ``[0, MAX_PULL]``.
     """
     check_mix(mix)
     check_pull(pull)
@@ -394,10 +408,9 @@ def _checked_rows(vectors: np.ndarray, labels) -> np.ndarray:
             f"embeddings must be a non-empty (photos, width) array, got "
             f"shape {vectors.shape}"
         )
-    if labels.shape[0] != vectors.shape[0]:
-        raise ValueError(
-            f"{labels.shape[0]} label rows for {vectors.shape[0]} embeddings"
-        )
+    rows = labels.shape[0] if hasattr(labels, "shape") else len(labels)
+    if rows != vectors.shape[0]:
+        raise ValueError(f"{rows} label rows for {vectors.shape[0]} embeddings")
     if not np.isfinite(vectors).all():
         raise ValueError("embeddings hold NaN or infinite values")
     return vectors
@@ -428,6 +441,8 @@ def _read_arrays(path, weights_name: str, scalar_name: str) -> tuple[np.ndarray,
         arrays = np.load(path, allow_pickle=False)
     except EOFError:
         raise ValueError(f"{path} is empty") from None
+    except zipfile.BadZipFile as error:
+        raise ValueError(f"{path} is not a readable .npz archive: {error}") from None
     if not isinstance(arrays, np.lib.npyio.NpzFile):
         # A bad file, not a bad argument: ValueError, as for other damage.
         raise ValueError(  # noqa: TRY004

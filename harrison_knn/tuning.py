@@ -33,6 +33,7 @@ from .metrics import rank_tags
 from .voting import (
     DEFAULT_RIDGE,
     DEFAULT_TEMPERATURE,
+    check_number,
     neighbour_gram,
     neighbour_weights,
     tag_prior,
@@ -147,9 +148,10 @@ def tune_voting(
         A :class:`TuningResult`.
 
     Raises:
-        ValueError: fewer than ``2 * folds`` photos, an empty grid, a
-            ``projection_mix`` outside ``(0, 1]`` or a ``prototype_pull``
-            outside ``[0, 1)``.
+        ValueError: fewer than ``2 * folds`` photos, an unknown grid entry, an
+            entry that is not a list of choices or holds none, a k that is not
+            a whole number >= 1, a ``projection_mix`` outside ``(0, 1]`` or a
+            ``prototype_pull`` outside ``[0, 0.99]``.
     """
     embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
     labels = sp.csr_matrix(labels, dtype=np.float32)
@@ -161,7 +163,7 @@ def tune_voting(
             f"tuning needs at least 2 folds of 2 photos each; got {n} photos and "
             f"{folds} folds"
         )
-    grid = {**DEFAULT_GRID, **(grid or {})}
+    grid = _checked_grid(grid or {})
     smallest_index = n - -(-n // folds)
     ks = sorted(k for k in grid["k"] if k <= smallest_index) or [smallest_index]
     spaces = list(itertools.product(grid["projection_mix"], grid["prototype_pull"]))
@@ -252,6 +254,41 @@ def tune_voting(
         threshold,
     )
     return TuningResult(parameters, threshold, best["objective"], table)
+
+
+def _checked_grid(given: dict[str, Sequence]) -> dict[str, tuple]:
+    """The default grid with the given entries in place, each a tuple of
+    distinct choices in the order given.
+
+    A choice listed twice would be scored twice into one total and win with
+    twice its score, so repeats are dropped (0.0 and -0.0 are one choice).
+
+    Raises:
+        ValueError: naming an unknown entry, an entry that is a single value
+            or empty, or a k that is not a whole number >= 1.
+    """
+    unknown = set(given) - set(DEFAULT_GRID)
+    if unknown:
+        raise ValueError(
+            f"unknown tuning grid entries: {', '.join(sorted(unknown))}; the grid "
+            f"has {', '.join(DEFAULT_GRID)}"
+        )
+    grid = {}
+    for name, choices in {**DEFAULT_GRID, **given}.items():
+        if isinstance(choices, (str, bytes)) or not isinstance(choices, Sequence):
+            # ValueError as for values out of range: build reports both alike.
+            raise ValueError(  # noqa: TRY004
+                f"the tuning grid entry {name} must be a list of choices, got "
+                f"{choices!r}"
+            )
+        grid[name] = tuple(dict.fromkeys(choices))
+        if not grid[name]:
+            raise ValueError(f"the tuning grid entry {name} holds no choice")
+    for k in grid["k"]:
+        check_number("k", k, whole=True)
+        if k < 1:
+            raise ValueError(f"k must be at least 1, got {k!r}")
+    return grid
 
 
 def _parameters_of(space, k, weighting, parameter, alpha) -> VotingParameters:

@@ -21,6 +21,7 @@ It needs the inner products among the neighbours, ``(q, k, k)``, which
 from __future__ import annotations
 
 import logging
+import numbers
 from collections.abc import Mapping
 from typing import Any
 
@@ -145,8 +146,11 @@ def check_settings(settings: Mapping[str, Any]) -> None:
             the caller.
 
     Raises:
-        ValueError: the first setting out of range.
+        ValueError: the first setting out of range or not a number.
     """
+    for name in ("k", "temperature", "popularity_correction", "ridge"):
+        if name in settings:
+            check_number(name, settings[name], whole=name == "k")
     if "k" in settings and not settings["k"] >= 1:
         raise ValueError(f"k must be at least 1, got {settings['k']!r}")
     if "weighting" in settings and settings["weighting"] not in WEIGHTINGS:
@@ -165,6 +169,21 @@ def check_settings(settings: Mapping[str, Any]) -> None:
         )
     if "ridge" in settings:
         check_ridge(settings["ridge"])
+
+
+def check_number(name: str, value: Any, *, whole: bool = False) -> None:
+    """Refuse a setting that is not a real number (a whole one if ``whole``),
+    naming it: a string or None would otherwise fail a comparison with a
+    message that does not say which setting, and a bool would pass as 0 or 1.
+
+    Raises:
+        ValueError: naming the setting and the value.
+    """
+    kind = numbers.Integral if whole else numbers.Real
+    if isinstance(value, bool) or not isinstance(value, kind):
+        wanted = "a whole number" if whole else "a number"
+        # ValueError as for values out of range: callers report both alike.
+        raise ValueError(f"{name} must be {wanted}, got {value!r}")  # noqa: TRY004
 
 
 def check_ridge(ridge: float) -> None:

@@ -91,10 +91,15 @@ def test_remove_gives_back_the_vectors_apply_was_given():
         (np.zeros((3,)), 0.5, r"non-empty \(tags, width\) array, got shape \(3,\)"),
         (np.full((2, 2), np.inf), 0.5, "prototype weights hold NaN or infinite"),
         (np.zeros((2, 2)) + 1j, 0.5, "real numbers, got dtype complex128"),
-        (np.zeros((2, 2)), 1.0, r"prototype_pull must lie in \[0, 1\), got 1.0"),
-        (np.zeros((2, 2)), -0.1, r"prototype_pull must lie in \[0, 1\), got -0.1"),
-        (np.zeros((2, 2)), np.nan, r"prototype_pull must lie in \[0, 1\), got nan"),
+        (np.zeros((2, 2)), 1.0, r"prototype_pull must lie in \[0, 0.99\], got 1.0"),
+        (np.zeros((2, 2)), -0.1, r"prototype_pull must lie in \[0, 0.99\], got -0.1"),
+        (np.zeros((2, 2)), np.nan, r"prototype_pull must lie in \[0, 0.99\], got nan"),
         (np.zeros((2, 2)), 0.0, "prototype_pull 0 stores photos as they are"),
+        # At 1 - 1e-8 the pull rounded to 1 in float32 and left nothing of a
+        # photo's own vector to take back out.
+        (np.zeros((2, 2)), 0.995, r"prototype_pull must lie in \[0, 0.99\], got 0.995"),
+        (np.zeros((2, 2)), "0.5", "^prototype_pull must be a number, got '0.5'$"),
+        (np.zeros((2, 2)), True, "^prototype_pull must be a number, got True$"),
     ],
 )
 def test_bad_prototype_values_are_refused(weights, pull, message):
@@ -107,8 +112,15 @@ def test_labels_of_another_vocabulary_are_refused():
 
     with pytest.raises(ValueError, match="labels must have 3 hashtag columns, got 4"):
         prototypes.apply(unit_rows(2, 2), sp.csr_matrix((2, 4)))
-    with pytest.raises(ValueError, match=r"vectors must have shape \(n, 2\), got"):
+    with pytest.raises(
+        ValueError, match=r"^these prototypes pull vectors of width 2; "
+    ):
         prototypes.apply(unit_rows(2, 3), sp.csr_matrix((2, 3)))
+    # Before, a numpy IndexError about a boolean index.
+    with pytest.raises(ValueError, match="^3 label rows for 2 vectors$"):
+        prototypes.apply(unit_rows(2, 2), sp.csr_matrix((3, 3)))
+    with pytest.raises(ValueError, match="^3 label rows for 2 vectors$"):
+        prototypes.remove(unit_rows(2, 2), sp.csr_matrix((3, 3)))
 
 
 def test_fit_search_space_fits_only_the_parts_a_space_uses():
@@ -120,7 +132,7 @@ def test_fit_search_space_fits_only_the_parts_a_space_uses():
     assert isinstance(projection, LabelProjection)
     # The prototypes live in the searched space: 5 predicted hashtags + 6.
     assert (prototypes.tag_count, prototypes.width, prototypes.pull) == (5, 11, 0.75)
-    with pytest.raises(ValueError, match=r"prototype_pull must lie in \[0, 1\)"):
+    with pytest.raises(ValueError, match=r"prototype_pull must lie in \[0, 0.99\]"):
         fit_search_space(embeddings, labels, pull=1.0)
 
 
@@ -192,6 +204,66 @@ def test_saving_without_prototypes_removes_the_old_prototypes_file(tmp_path):
 
     assert list(tmp_path.glob("prototypes-*.npz")) == []
     assert TagIndex.load(tmp_path).prototypes is None
+
+
+def settings_recording(pull):
+    return {"voting": {"projection_mix": 1.0, "prototype_pull": pull}}
+
+
+@pytest.mark.parametrize("entry", [None, "deleted"])
+def test_an_index_whose_prototypes_file_is_not_listed_is_refused(tmp_path, entry):
+    index, _, _ = pulled_index(pull=0.75)
+    index.settings = settings_recording(0.75)
+    index.save(tmp_path)
+    metadata = json.loads((tmp_path / "metadata.json").read_text())
+    if entry is None:
+        metadata["files"]["prototypes"] = None
+    else:
+        del metadata["files"]["prototypes"]
+    (tmp_path / "metadata.json").write_text(json.dumps(metadata))
+
+    with pytest.raises(IndexFormatError) as raised:
+        TagIndex.load(tmp_path)
+
+    # Before, it loaded without prototypes and gave embeddings off by 0.98.
+    assert str(raised.value) == (
+        f"{tmp_path}/metadata.json records prototype_pull 0.75, but the index's "
+        "prototypes file gives 0.0 (no such file is listed); rebuild the index "
+        "with 'harrison-knn build'"
+    )
+
+
+def test_a_prototypes_file_of_another_pull_than_the_settings_is_refused(tmp_path):
+    index, _, _ = pulled_index(pull=0.75)
+    index.settings = settings_recording(0.3)
+    index.save(tmp_path)
+
+    with pytest.raises(IndexFormatError, match="records prototype_pull 0.3, but the "):
+        TagIndex.load(tmp_path)
+    index.settings = settings_recording(0.75)
+    index.save(tmp_path)
+    assert TagIndex.load(tmp_path).prototypes.pull == 0.75
+
+
+def test_a_cut_prototypes_file_is_refused_as_not_an_archive(tmp_path):
+    pulled_index()[0].save(tmp_path)
+    metadata = json.loads((tmp_path / "metadata.json").read_text())
+    path = tmp_path / metadata["files"]["prototypes"]["name"]
+    path.write_bytes(path.read_bytes()[:200])
+
+    with pytest.raises(IndexFormatError) as raised:
+        TagIndex.load(tmp_path, verify=False)
+
+    # Before, zipfile.BadZipFile escaped.
+    assert f"{path} is not a readable .npz archive" in str(raised.value)
+
+
+def test_embeddings_refuse_a_boolean_mask():
+    index, _, _ = pulled_index()
+
+    # Before, the mask was read as the row ids 0 and 1.
+    with pytest.raises(ValueError, match="^row ids must be whole numbers, got "):
+        index.embeddings(np.ones(40, dtype=bool))
 
 
 def test_prototypes_of_another_width_are_refused():

@@ -548,9 +548,9 @@ def test_cli_build_without_voting_options_prints_the_defaults(
         ("--projection-mix", "inf", "projection_mix must lie in (0, 1], got inf"),
         ("--projection-mix", "nan", "projection_mix must lie in (0, 1], got nan"),
         ("--temperature", "0", "temperature must be a finite number > 0, got 0.0"),
-        ("--prototype-pull", "1", "prototype_pull must lie in [0, 1), got 1.0"),
-        ("--prototype-pull", "-0.5", "prototype_pull must lie in [0, 1), got -0.5"),
-        ("--prototype-pull", "nan", "prototype_pull must lie in [0, 1), got nan"),
+        ("--prototype-pull", "1", "prototype_pull must lie in [0, 0.99], got 1.0"),
+        ("--prototype-pull", "-0.5", "prototype_pull must lie in [0, 0.99], got -0.5"),
+        ("--prototype-pull", "nan", "prototype_pull must lie in [0, 0.99], got nan"),
         ("--temperature", "inf", "temperature must be a finite number > 0, got inf"),
     ],
 )

@@ -1,3 +1,6 @@
+import json
+import re
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -185,11 +188,11 @@ def test_too_few_photos_are_refused():
         # A pull of 1 would leave no trace of a photo's own vector to take back.
         (
             {"prototype_pull": (0.0, 1.0)},
-            r"prototype_pull must lie in \[0, 1\), got 1.0",
+            r"prototype_pull must lie in \[0, 0.99\], got 1.0",
         ),
         (
             {"prototype_pull": (float("nan"),)},
-            r"prototype_pull must lie in \[0, 1\), got nan",
+            r"prototype_pull must lie in \[0, 0.99\], got nan",
         ),
         # Before, every reconstruction weight came out 0, and so every score.
         (
@@ -203,6 +206,45 @@ def test_bad_values_in_the_grid_are_refused(grid, message):
 
     with pytest.raises(ValueError, match=f"^{message}$"):
         tune_voting(embeddings, labels, folds=2, grid={"k": (2,), **grid})
+
+
+def test_a_choice_listed_twice_is_scored_once():
+    embeddings, labels = clustered()
+    grid = {
+        "k": (5, 5),
+        "weighting": (("softmax", 0.05),),
+        "popularity_correction": (0.0,),
+        "projection_mix": (1.0,),
+        "prototype_pull": (0.0, 0.75, 0.75, -0.0),
+    }
+
+    result = tune_voting(embeddings, labels, folds=3, grid=grid)
+
+    # Before, a repeat added both its scores into one total and won with an
+    # objective above 1.
+    assert sorted(c["prototype_pull"] for c in result.candidates) == [0.0, 0.75]
+    assert all(c["objective"] <= 1.0 for c in result.candidates)
+
+
+@pytest.mark.parametrize(
+    ("grid", "message"),
+    [
+        ({"prototype_pul": (0.5,)}, "unknown tuning grid entries: prototype_pul; "),
+        ({"prototype_pull": 0.75}, "the tuning grid entry prototype_pull must be a "),
+        ({"k": "20"}, "the tuning grid entry k must be a list of choices, got '20'"),
+        ({"k": ()}, "the tuning grid entry k holds no choice"),
+        ({"k": (0,)}, "k must be at least 1, got 0"),
+        ({"k": (2.5,)}, "k must be a whole number, got 2.5"),
+        ({"prototype_pull": ("0.5",)}, "prototype_pull must be a number, got '0.5'"),
+    ],
+)
+def test_a_malformed_grid_is_refused_naming_the_entry(grid, message):
+    embeddings, labels = clustered(n_per_cluster=3)
+
+    # Before: ignored, 'float' object is not iterable, a silent k of 24, a bare
+    # AssertionError from faiss, or a TypeError naming no setting.
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}"):
+        tune_voting(embeddings, labels, folds=2, grid=grid)
 
 
 def test_select_by_threshold_keeps_the_best_hashtag_always():
@@ -240,6 +282,33 @@ def test_build_settings_without_tuning_are_the_defaults():
         "threshold": None,
         "tuned": False,
     }
+
+
+@pytest.mark.parametrize(
+    ("given", "message"),
+    [
+        ({"k": "20"}, "k must be a whole number, got '20'"),
+        ({"temperature": None}, "temperature must be a number, got None"),
+        ({"prototype_pull": "0.5"}, "prototype_pull must be a number, got '0.5'"),
+        ({"projection_mix": False}, "projection_mix must be a number, got False"),
+    ],
+)
+def test_build_settings_that_are_not_numbers_are_named(given, message):
+    embeddings, labels = clustered()
+
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        _voting_settings(embeddings, labels, given, tune=False, seed=0)
+
+
+def test_build_settings_given_as_numpy_numbers_are_saved_as_plain_ones():
+    embeddings, labels = clustered()
+    given = {"prototype_pull": np.float32(0.5), "k": np.int64(7)}
+
+    settings = _voting_settings(embeddings, labels, given, tune=False, seed=0)
+
+    # Before, np.float32 reached json.dumps after every photo was embedded.
+    assert json.loads(json.dumps(settings))["prototype_pull"] == 0.5
+    assert type(settings["k"]) is int
 
 
 def test_unknown_voting_setting_is_named():

@@ -26,7 +26,7 @@ from .encoders import DEFAULT_ENCODER, Encoder, create_encoder
 from .files import write_atomically
 from .index import TagIndex
 from .metric import check_mix, check_pull, fit_search_space
-from .tuning import VotingParameters, tune_voting
+from .tuning import DEFAULT_GRID, VotingParameters, tune_voting
 
 __all__ = [
     "REPORT_FILE",
@@ -283,6 +283,7 @@ def _voting_settings(
 ) -> dict[str, Any]:
     """Voting defaults to save: the given ones, tuned ones, or the library's."""
     _check_voting_settings(given)
+    _warn_unused_parameters(given)
     # numpy numbers (np.float32(0.5)) pass the checks but not json.dumps.
     given = {
         name: value.item() if isinstance(value, np.generic) else value
@@ -305,13 +306,7 @@ def _voting_settings(
         if "k" in given:
             grid["k"] = (given["k"],)
         if "weighting" in given or "temperature" in given or "ridge" in given:
-            weighting = given.get("weighting", voting.DEFAULT_WEIGHTING)
-            parameter = (
-                given.get("ridge", voting.DEFAULT_RIDGE)
-                if weighting == "reconstruction"
-                else given.get("temperature", voting.DEFAULT_TEMPERATURE)
-            )
-            grid["weighting"] = ((weighting, parameter),)
+            grid["weighting"] = _weighting_choices(given)
         if "popularity_correction" in given:
             grid["popularity_correction"] = (given["popularity_correction"],)
         if "projection_mix" in given:
@@ -332,6 +327,41 @@ def _voting_settings(
         )
     settings.update(given)
     return settings
+
+
+def _warn_unused_parameters(given: dict[str, Any]) -> None:
+    """Say so when a temperature or ridge is given for a weighting without one."""
+    weighting = given.get("weighting")
+    for name, owner in (("temperature", "softmax"), ("ridge", "reconstruction")):
+        if name in given and weighting is not None and weighting != owner:
+            logger.warning(
+                "%s=%s is ignored: only the %s weighting uses it, not %s",
+                name,
+                given[name],
+                owner,
+                weighting,
+            )
+
+
+def _weighting_choices(given: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
+    """The weightings to search when the caller fixed a weighting or a parameter.
+
+    A fixed weighting is searched alone, over the default grid's values of its
+    parameter unless that was given too; a temperature or ridge given alone
+    replaces that parameter's values and the other weightings are still
+    searched."""
+    weighting = given.get("weighting")
+    fixed = {
+        owner: given[name]
+        for name, owner in (("temperature", "softmax"), ("ridge", "reconstruction"))
+        if name in given and weighting in (None, owner)
+    }
+    choices = [
+        (name, fixed.get(name, parameter))
+        for name, parameter in DEFAULT_GRID["weighting"]
+        if weighting is None or name == weighting
+    ]
+    return tuple(dict.fromkeys(choices))
 
 
 def _log_skipped(report: BuildReport, index_dir: Path) -> None:

@@ -408,3 +408,49 @@ def test_cli_build_with_too_many_unreadable_photos_exits_2(
         "reason, or raise --max-failures"
     )
     assert (index_dir / REPORT_FILE).is_file()
+
+
+def test_a_ridge_given_alone_replaces_the_reconstruction_ridges_only():
+    choices = build_module._weighting_choices({"ridge": 2.0})
+
+    assert choices == (
+        ("softmax", 0.02),
+        ("softmax", 0.05),
+        ("softmax", 0.1),
+        ("softmax", 0.2),
+        ("similarity", None),
+        ("rank", None),
+        ("count", None),
+        ("reconstruction", 2.0),
+    )
+
+
+def test_a_weighting_given_alone_is_searched_over_its_own_parameter():
+    assert build_module._weighting_choices({"weighting": "softmax"}) == (
+        ("softmax", 0.02),
+        ("softmax", 0.05),
+        ("softmax", 0.1),
+        ("softmax", 0.2),
+    )
+    assert build_module._weighting_choices(
+        {"weighting": "reconstruction", "ridge": 3.0, "temperature": 0.1}
+    ) == (("reconstruction", 3.0),)
+
+
+def test_a_parameter_the_given_weighting_does_not_use_is_reported(caplog):
+    embeddings = np.eye(4, 8, dtype=np.float32)
+    labels = np.eye(4, 3, dtype=np.float32)
+
+    with caplog.at_level(logging.WARNING, logger="harrison_knn.build"):
+        settings = build_module._voting_settings(
+            embeddings,
+            labels,
+            {"weighting": "count", "temperature": 0.1},
+            tune=False,
+            seed=0,
+        )
+
+    assert settings["weighting"] == "count"
+    assert caplog.messages == [
+        "temperature=0.1 is ignored: only the softmax weighting uses it, not count"
+    ]

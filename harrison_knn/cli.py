@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import sys
@@ -16,6 +17,9 @@ from . import __version__, threads, voting
 logger = logging.getLogger("harrison_knn")
 
 EXIT_USER_ERROR = 2
+
+LOGGING_FLAGS = frozenset({"-q", "--quiet", "-v", "--verbose"})
+"""Options of every command that may also come before its name."""
 
 
 def _fraction_or_count(text: str) -> float | int:
@@ -285,7 +289,7 @@ def _voting_overrides(args: argparse.Namespace) -> dict:
 
 
 def _run_build(args: argparse.Namespace) -> int:
-    from .build import build_index
+    from .build import MIN_PHOTOS_TO_TUNE, build_index
 
     bar = tqdm(total=0, unit="photo", desc="embedding", disable=args.quiet)
 
@@ -293,6 +297,9 @@ def _run_build(args: argparse.Namespace) -> int:
         bar.total = total
         bar.n = done
         bar.refresh()
+        # Tuning and saving log lines of their own once the last photo is in.
+        if done == total:
+            bar.close()
 
     try:
         report = build_index(
@@ -324,6 +331,11 @@ def _run_build(args: argparse.Namespace) -> int:
         how = "tuned by cross-validation" + (", options kept" if given else "")
     else:
         how = "options given, defaults for the rest" if given else "defaults"
+        if args.tune:
+            how += (
+                f"; not tuned: {report.photos_indexed} photos indexed, tuning "
+                f"needs {MIN_PHOTOS_TO_TUNE}"
+            )
     # Only the parameter the weighting uses: a temperature means nothing to
     # count, rank or similarity votes.
     parameter = {
@@ -451,10 +463,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     # a core that a spinning thread holds (see harrison_knn.threads).
     threads.prefer_sleeping_threads()
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["benchmark"]:
+    # benchmark has its own parser; -q and -v given before it are handed on.
+    flags = list(itertools.takewhile(LOGGING_FLAGS.__contains__, argv))
+    if argv[len(flags) : len(flags) + 1] == ["benchmark"]:
         from .benchmark import main as benchmark_main
 
-        return benchmark_main(argv[1:])
+        return benchmark_main(flags + argv[len(flags) + 1 :])
     args = build_parser().parse_args(argv)
     configure_logging(verbose=args.verbose, quiet=args.quiet)
     runners = {"build": _run_build, "suggest": _run_suggest, "evaluate": _run_evaluate}

@@ -630,7 +630,8 @@ class TorchLinearHead(_LinearHead):
                 schedule.step()
                 total += loss.detach() * len(batch)
             self.loss_history_.append(float(total) / n)
-            logger.info(
+            # Per epoch is debugging detail; the fit's start and end are logged.
+            logger.debug(
                 "epoch %d/%d: loss %.5f", epoch + 1, epochs, self.loss_history_[-1]
             )
 
@@ -685,7 +686,12 @@ def _constant_intercepts(
 
 def _log_constant_tags(intercept: np.ndarray, min_positives: int) -> None:
     for value, reason in (
-        (-np.inf, f"have fewer than {min_positives} positive photos"),
+        (
+            -np.inf,
+            "have no positive photo"
+            if min_positives == 1
+            else f"have fewer than {min_positives} positive photos",
+        ),
         (np.inf, "are on every training photo"),
     ):
         ids = np.flatnonzero(intercept == value)

@@ -169,8 +169,19 @@ class TagSuggester:
             use_gpu: move the FAISS index to the GPU when faiss supports it.
             voting_options: ``k``, ``weighting``, ``temperature``,
                 ``popularity_correction``, ``ridge`` overriding the saved
-                defaults.
+                defaults. The search space (``projection_mix``,
+                ``prototype_pull``) is fixed by the build.
+
+        Raises:
+            ValueError: a search-space setting is given.
         """
+        fixed = sorted({"projection_mix", "prototype_pull"} & set(voting_options))
+        if fixed:
+            raise ValueError(
+                f"{' and '.join(fixed)} cannot be changed when an index is loaded: "
+                "the indexed vectors are stored in the space the build chose; "
+                "build again with --projection-mix or --prototype-pull"
+            )
         expected = encoder.name if isinstance(encoder, Encoder) else encoder
         index = TagIndex.load(directory, encoder=expected)
         if not isinstance(encoder, Encoder):

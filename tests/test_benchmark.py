@@ -60,8 +60,8 @@ def scale_run(tmp_path_factory):
     arguments += ["--folds", "2", "--torch-epochs", "30", "--output", str(output)]
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
-        # Through the command line, as `harrison-knn benchmark ...` runs it.
-        status = cli.main(["benchmark", *arguments, "-q"])
+        # Through the command line, as `harrison-knn -q benchmark ...` runs it.
+        status = cli.main(["-q", "benchmark", *arguments])
     assert status == 0
     return printed.getvalue(), output
 

@@ -265,6 +265,17 @@ def test_loading_with_another_encoder_object_is_refused_naming_both(built, sugge
     )
 
 
+def test_loading_with_a_search_space_setting_is_refused(built):
+    with pytest.raises(ValueError) as caught:
+        TagSuggester.load(built[1], prototype_pull=0.5, projection_mix=0.5)
+
+    assert str(caught.value) == (
+        "projection_mix and prototype_pull cannot be changed when an index is "
+        "loaded: the indexed vectors are stored in the space the build chose; "
+        "build again with --projection-mix or --prototype-pull"
+    )
+
+
 # Queries at the edges.
 
 
@@ -533,6 +544,21 @@ def test_cli_build_without_voting_options_prints_the_defaults(
     assert code == 0
     assert out[-1] == (
         "voting (defaults): k=20 weighting=softmax temperature=0.05 "
+        "popularity correction=0.0 search space=embeddings"
+    )
+
+
+def test_cli_build_says_why_a_small_index_was_not_tuned(flickr30, tmp_path, capsys):
+    code = main(
+        ["-q", "build", str(flickr30), "--index", str(tmp_path / "i")]
+        + ["--workers", "0", "--k", "7"]
+    )
+
+    out = capsys.readouterr().out.splitlines()
+    assert code == 0
+    assert out[-1] == (
+        "voting (options given, defaults for the rest; not tuned: 30 photos "
+        "indexed, tuning needs 50): k=7 weighting=softmax temperature=0.05 "
         "popularity correction=0.0 search space=embeddings"
     )
 

@@ -162,6 +162,8 @@ def build_index(
             f"max_failure_share must lie in [0, 1], got {max_failure_share!r}"
         )
     _check_voting_settings(voting_settings or {})
+    # Before the photos are embedded, where a user watching the command sees it.
+    _warn_unused_parameters(voting_settings or {})
     collection = read_collection(data_dir)
     if isinstance(encoder, str):
         encoder = create_encoder(encoder, device=device)
@@ -283,7 +285,6 @@ def _voting_settings(
 ) -> dict[str, Any]:
     """Voting defaults to save: the given ones, tuned ones, or the library's."""
     _check_voting_settings(given)
-    _warn_unused_parameters(given)
     # numpy numbers (np.float32(0.5)) pass the checks but not json.dumps.
     given = {
         name: value.item() if isinstance(value, np.generic) else value

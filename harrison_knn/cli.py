@@ -291,9 +291,13 @@ def _voting_overrides(args: argparse.Namespace) -> dict:
 def _run_build(args: argparse.Namespace) -> int:
     from .build import MIN_PHOTOS_TO_TUNE, build_index
 
-    bar = tqdm(total=0, unit="photo", desc="embedding", disable=args.quiet)
+    # Opened at the first photo, after the log lines that name the work.
+    bar = tqdm(total=0, unit="photo", desc="embedding", disable=True)
 
     def on_progress(done: int, total: int) -> None:
+        nonlocal bar
+        if bar.total == 0 and not args.quiet:
+            bar = tqdm(total=total, unit="photo", desc="embedding")
         bar.total = total
         bar.n = done
         bar.refresh()

@@ -438,19 +438,13 @@ def test_a_weighting_given_alone_is_searched_over_its_own_parameter():
 
 
 def test_a_parameter_the_given_weighting_does_not_use_is_reported(caplog):
-    embeddings = np.eye(4, 8, dtype=np.float32)
-    labels = np.eye(4, 3, dtype=np.float32)
-
     with caplog.at_level(logging.WARNING, logger="harrison_knn.build"):
-        settings = build_module._voting_settings(
-            embeddings,
-            labels,
-            {"weighting": "count", "temperature": 0.1},
-            tune=False,
-            seed=0,
+        build_module._warn_unused_parameters(
+            {"weighting": "count", "temperature": 0.1, "ridge": 2.0, "k": 5}
         )
+        build_module._warn_unused_parameters({"temperature": 0.1, "ridge": 2.0})
 
-    assert settings["weighting"] == "count"
     assert caplog.messages == [
-        "temperature=0.1 is ignored: only the softmax weighting uses it, not count"
+        "temperature=0.1 is ignored: only the softmax weighting uses it, not count",
+        "ridge=2.0 is ignored: only the reconstruction weighting uses it, not count",
     ]

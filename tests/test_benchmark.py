@@ -12,9 +12,13 @@ import scipy.sparse as sp
 from harrison_knn import cli
 from harrison_knn.benchmark import (
     BENCHMARK_KS,
+    BLEND_HEAD_WEIGHTS,
+    DEFAULT_METHODS,
     METHODS,
+    BlendedMethod,
     PopularityMethod,
     VotingMethod,
+    _blend,
     main,
     run_benchmark,
     scale_embeddings,
@@ -69,8 +73,9 @@ def scale_run(tmp_path_factory):
 def test_scale_run_prints_a_table_row_per_method(scale_run):
     printed, output = scale_run
 
-    for method in METHODS:
+    for method in DEFAULT_METHODS:
         assert printed.count(f"| {method} |") == 3  # quality, recall and cost
+    assert "| voting+logistic |" not in printed
     assert "| method | P@1 | P@3 | P@5 | A@5 | mAP | F1@5 |" in printed
     assert printed.startswith((output / "tables.md").read_text())
 
@@ -80,11 +85,11 @@ def test_scale_run_json_holds_every_figure_per_split(scale_run):
 
     report = json.loads((output / "benchmark.json").read_text())
 
-    assert report["methods"] == list(METHODS)
-    assert len(report["splits"]) == 2 * len(METHODS)
+    assert report["methods"] == list(DEFAULT_METHODS)
+    assert len(report["splits"]) == 2 * len(DEFAULT_METHODS)
     metrics = [f"{p}@{k}" for p, ks in BENCHMARK_KS.items() for k in ks] + ["mAP"]
     costs = ["fit_seconds", "queries_per_second", "latency_ms", "peak_memory_mib"]
-    for method in METHODS:
+    for method in DEFAULT_METHODS:
         assert set(metrics + costs) <= set(report["summary"][method])
     first = report["splits"][0]
     assert first["method"] == "voting"
@@ -235,3 +240,91 @@ def test_index_mode_reads_the_cache_and_saves_heads_beside_the_index(tmp_path):
     head = load_head(index_dir, "logistic")
     assert head_folder(index_dir, "logistic") == index_dir / "heads" / "logistic"
     assert head.predict_scores(embeddings[:3]).shape == (3, 12)
+
+
+def xor_photos(n_photos=240, seed=0):
+    """Photos in four clusters whose hashtag is the XOR of two directions:
+    hashtag 0 on the (+, +) and (-, -) clusters, hashtag 1 on the other two,
+    so no linear head can tell them apart and neighbours can. Hashtags 2 to 5
+    are carried by no photo (recall at 5 needs 5 hashtags)."""
+    rng = np.random.default_rng(seed)
+    signs = rng.choice([-1.0, 1.0], size=(n_photos, 2))
+    embeddings = np.zeros((n_photos, 8), dtype=np.float32)
+    embeddings[:, :2] = signs
+    embeddings += rng.normal(0, 0.1, embeddings.shape).astype(np.float32)
+    embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)
+    tag = (signs[:, 0] != signs[:, 1]).astype(int)
+    labels = sp.csr_matrix(np.eye(6, dtype=np.float32)[tag])
+    return embeddings, labels
+
+
+def test_blend_keeps_to_voting_where_a_linear_head_cannot_separate():
+    from harrison_knn.linear import LogisticHead
+
+    embeddings, labels = xor_photos()
+
+    blend = BlendedMethod(LogisticHead()).fit(embeddings, labels)
+
+    # Voting alone is right on every validation photo; the head alone guesses.
+    assert blend.validation_objective_[0.0] == 1.0
+    assert blend.validation_objective_[1.0] < 0.9
+    assert blend.head_weight_ == 0.0
+    assert set(blend.validation_objective_) == set(BLEND_HEAD_WEIGHTS)
+    assert blend.chosen_["head_weight"] == 0.0
+    assert blend.chosen_["k"] == blend.tuning_.parameters.k
+    # Refitted on all 240 photos, with the head never fitted itself.
+    assert len(blend.voting_.suggester_.index) == 240
+    assert blend.head_.coef_.shape == (6, 8)
+    assert not hasattr(blend.head, "coef_")
+
+
+def test_blend_mixes_votes_and_probabilities_by_the_head_weight():
+    votes = np.array([[0.5, 0.1, 0.0]], np.float32)
+    probabilities = np.array([[0.2, 0.9, 0.4]], np.float32)
+
+    np.testing.assert_allclose(
+        _blend(votes, probabilities, 0.25), [[0.425, 0.3, 0.1]], rtol=1e-6
+    )
+    np.testing.assert_array_equal(_blend(votes, probabilities, 0.0), votes)
+
+
+def test_blend_rows_run_when_named_and_record_their_choices(tmp_path):
+    data = write_annotations(tmp_path / "data")
+    output = tmp_path / "out"
+
+    status = main(
+        [
+            "--scale",
+            str(data),
+            "--width",
+            "32",
+            "--noise",
+            "0.5",
+            "--folds",
+            "2",
+            "--methods",
+            "tuned-voting",
+            "voting+torch",
+            "--torch-epochs",
+            "7",
+            "--output",
+            str(output),
+            "-q",
+        ]
+    )
+
+    assert status == 0
+    report = json.loads((output / "benchmark.json").read_text())
+    assert report["methods"] == ["tuned-voting", "voting+torch"]
+    blend_parameters = report["settings"]["method_parameters"]["voting+torch"]
+    assert blend_parameters["validation_share"] == 0.2
+    assert blend_parameters["head"]["epochs"] == 7
+    choices = report["settings"]["choices"]
+    assert [(row["method"], row["split"]) for row in choices] == [
+        ("tuned-voting", 1),
+        ("voting+torch", 1),
+        ("tuned-voting", 2),
+        ("voting+torch", 2),
+    ]
+    assert all(row["head_weight"] in BLEND_HEAD_WEIGHTS for row in choices[1::2])
+    assert all("head_weight" not in row and row["k"] >= 1 for row in choices[::2])

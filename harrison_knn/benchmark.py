@@ -56,10 +56,10 @@ from .tuning import tune_voting
 __all__ = [
     "BENCHMARK_KS",
     "BLEND_HEAD_WEIGHTS",
+    "DEFAULT_METHODS",
     "METHODS",
     "BenchmarkResult",
     "BlendedMethod",
-    "DEFAULT_METHODS",
     "HeadMethod",
     "Method",
     "MethodFactory",
@@ -123,8 +123,8 @@ class VotingMethod:
     :class:`~harrison_knn.suggester.TagSuggester` over it.
 
     Args:
-        k, weighting, temperature, popularity_correction, ridge: see
-            :func:`harrison_knn.voting.vote`.
+        k, weighting, temperature, popularity_correction, ridge, diversity:
+            see :func:`harrison_knn.voting.vote`.
         projection_mix: below 1, ``fit`` also fits a
             :class:`~harrison_knn.metric.LabelProjection` with this mix on the
             training photos and searches in its space.
@@ -142,6 +142,7 @@ class VotingMethod:
         ridge: float = voting.DEFAULT_RIDGE,
         projection_mix: float = 1.0,
         prototype_pull: float = 0.0,
+        diversity: float = voting.DEFAULT_DIVERSITY,
     ) -> None:
         self.k = k
         self.weighting = weighting
@@ -150,6 +151,7 @@ class VotingMethod:
         self.ridge = ridge
         self.projection_mix = projection_mix
         self.prototype_pull = prototype_pull
+        self.diversity = diversity
 
     def fit(self, embeddings: np.ndarray, labels: sp.csr_matrix) -> VotingMethod:
         n_photos, n_tags = labels.shape
@@ -173,6 +175,7 @@ class VotingMethod:
             temperature=self.temperature,
             popularity_correction=self.popularity_correction,
             ridge=self.ridge,
+            diversity=self.diversity,
         )
         return self
 

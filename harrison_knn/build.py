@@ -140,8 +140,8 @@ def build_index(
             cannot be read.
         voting_settings: voting defaults saved with the index (``k``,
             ``weighting``, ``temperature``, ``popularity_correction``,
-            ``ridge``, ``projection_mix``); the ones given are kept as they are
-            and not tuned.
+            ``ridge``, ``projection_mix``, ``prototype_pull``, ``diversity``);
+            the ones given are kept as they are and not tuned.
         tune: choose the voting settings not given by cross-validation on the
             indexed photos (see :mod:`harrison_knn.tuning`), and calibrate the
             score threshold of variable-length answers.
@@ -298,6 +298,7 @@ def _voting_settings(
         "ridge": voting.DEFAULT_RIDGE,
         "projection_mix": 1.0,
         "prototype_pull": 0.0,
+        "diversity": voting.DEFAULT_DIVERSITY,
         "threshold": None,
         "tuned": False,
     }
@@ -314,11 +315,13 @@ def _voting_settings(
             grid["projection_mix"] = (given["projection_mix"],)
         if "prototype_pull" in given:
             grid["prototype_pull"] = (given["prototype_pull"],)
+        if "diversity" in given:
+            grid["diversity"] = (given["diversity"],)
         result = tune_voting(embeddings, labels, seed=seed, grid=grid)
         settings.update(result.parameters.as_settings())
         settings["threshold"] = result.threshold
         settings["tuned"] = True
-        settings["cross_validation"] = result.candidates[0]
+        settings["cross_validation"] = result.chosen
     elif tune:
         logger.info(
             "only %d photos indexed: keeping the default voting settings "

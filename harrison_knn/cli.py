@@ -88,6 +88,17 @@ def _add_voting_options(parser: argparse.ArgumentParser, default_note: str) -> N
             f"score, in [0, 1] (default: {default_note})"
         ),
     )
+    parser.add_argument(
+        "--diversity",
+        type=float,
+        default=None,
+        metavar="D",
+        help=(
+            "rank hashtags so that the first places cover different neighbours: "
+            "once a hashtag is placed, the neighbours carrying it vote with 1 - D "
+            f"of their weight for the places below; in [0, 1) (default: {default_note})"
+        ),
+    )
 
 
 def _threshold(text: str) -> str | float:
@@ -280,6 +291,7 @@ def _voting_overrides(args: argparse.Namespace) -> dict:
         "ridge",
         "projection_mix",
         "prototype_pull",
+        "diversity",
     )
     return {
         name: getattr(args, name)
@@ -351,6 +363,8 @@ def _run_build(args: argparse.Namespace) -> int:
         f"voting ({how}): k={chosen['k']} weighting={chosen['weighting']} "
         + parameter
         + f"popularity correction={chosen['popularity_correction']} "
+        # Indexes built before diversity existed have none in their settings.
+        f"diversity={chosen.get('diversity', 0.0)} "
         f"search space={_space_name(chosen)}"
         + (f" threshold={threshold:.3f}" if threshold is not None else "")
     )

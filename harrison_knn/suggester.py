@@ -95,7 +95,7 @@ class TagSuggester:
         encoder: the encoder the index was built with; created from the index's
             metadata when None.
         k: neighbours that vote; defaults to the value saved with the index.
-        weighting, temperature, popularity_correction, ridge: see
+        weighting, temperature, popularity_correction, ridge, diversity: see
             :func:`harrison_knn.voting.vote`; default to the saved values.
 
     Raises:
@@ -112,6 +112,7 @@ class TagSuggester:
         temperature: float | None = None,
         popularity_correction: float | None = None,
         ridge: float | None = None,
+        diversity: float | None = None,
     ) -> None:
         saved = index.settings.get("voting", {})
         self.index = index
@@ -131,6 +132,12 @@ class TagSuggester:
         self.ridge = (
             ridge if ridge is not None else saved.get("ridge", voting.DEFAULT_RIDGE)
         )
+        # Indexes built before diversity existed have none in their settings.
+        self.diversity = (
+            diversity
+            if diversity is not None
+            else saved.get("diversity", voting.DEFAULT_DIVERSITY)
+        )
         # Checked here, not at the first query: a command given bad settings
         # fails before it reads any photo.
         voting.check_settings(
@@ -140,6 +147,7 @@ class TagSuggester:
                 "temperature": self.temperature,
                 "popularity_correction": self.popularity_correction,
                 "ridge": self.ridge,
+                "diversity": self.diversity,
             }
         )
         if encoder is not None:
@@ -168,8 +176,8 @@ class TagSuggester:
             device: torch device for the encoder; the GPU when one is visible.
             use_gpu: move the FAISS index to the GPU when faiss supports it.
             voting_options: ``k``, ``weighting``, ``temperature``,
-                ``popularity_correction``, ``ridge`` overriding the saved
-                defaults. The search space (``projection_mix``,
+                ``popularity_correction``, ``ridge``, ``diversity`` overriding
+                the saved defaults. The search space (``projection_mix``,
                 ``prototype_pull``) is fixed by the build.
 
         Raises:
@@ -246,10 +254,11 @@ class TagSuggester:
             ridge=self.ridge,
             gram=gram,
         )
-        scores = voting.weighted_votes(
+        scores = voting.diversified_votes(
             weights,
             ids,
             self.index.labels,
+            diversity=self.diversity,
             popularity_correction=self.popularity_correction,
             prior=self._prior,
         )

@@ -6,18 +6,22 @@ space (plain embeddings, or embeddings joined with a
 :class:`~harrison_knn.metric.LabelProjection`; indexed photos as they are, or
 pulled toward :class:`~harrison_knn.metric.TagPrototypes`; both fitted on the
 other folds alone), the neighbour count, the weighting and its parameter, and
-the popularity correction is scored on them. The setting with the best mean of Precision@1, Recall@5 and
-Accuracy@5 wins. Given only a build's training photos, nothing held out for
-testing is ever seen, so scores measured afterwards on held-out photos are
-honest (the search is nested inside any outer evaluation).
+the popularity correction is scored on them. The setting with the best mean
+of Precision@1, Recall@5 and Accuracy@5 wins. Given only a build's training
+photos, nothing held out for testing is ever seen, so scores measured
+afterwards on held-out photos are honest (the search is nested inside any
+outer evaluation).
 
-A score threshold for variable-length answers is calibrated the same way: on
-the out-of-fold scores of the winning setting, the threshold that gives the
-best mean F1 between a photo's suggested set and its true hashtags.
+Two choices are then made on the out-of-fold votes of the winning setting
+alone: the ``diversity`` of the ranking (see
+:func:`~harrison_knn.voting.diversified_votes`), by the same objective, and a
+score threshold for variable-length answers, the one that gives the best mean
+F1 between a photo's suggested set and its true hashtags.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 from collections.abc import Sequence
@@ -31,9 +35,12 @@ from .dataset import fold_indices
 from .metric import check_mix, check_pull, fit_search_space
 from .metrics import rank_tags
 from .voting import (
+    DEFAULT_DIVERSITY,
     DEFAULT_RIDGE,
     DEFAULT_TEMPERATURE,
+    check_diversity,
     check_number,
+    diversified_votes,
     neighbour_gram,
     neighbour_weights,
     tag_prior,
@@ -58,7 +65,8 @@ class VotingParameters:
     searches the embeddings as they are; see
     :class:`~harrison_knn.metric.LabelProjection`) and the ``prototype_pull``
     of indexed photos toward their hashtags (0 stores them as they are; see
-    :class:`~harrison_knn.metric.TagPrototypes`)."""
+    :class:`~harrison_knn.metric.TagPrototypes`). ``diversity`` is that of
+    :func:`~harrison_knn.voting.diversified_votes`."""
 
     k: int
     weighting: str
@@ -67,6 +75,7 @@ class VotingParameters:
     ridge: float = DEFAULT_RIDGE
     projection_mix: float = 1.0
     prototype_pull: float = 0.0
+    diversity: float = DEFAULT_DIVERSITY
 
     def as_settings(self) -> dict[str, float | int | str]:
         return asdict(self)
@@ -97,10 +106,12 @@ DEFAULT_GRID: dict[str, Sequence] = {
     "popularity_correction": (0.0, 0.25, 0.5, 1.0),
     "projection_mix": (1.0, 0.5),
     "prototype_pull": (0.0, 0.75),
+    "diversity": (0.0, 0.25, 0.5, 0.75),
 }
 """Candidates searched by default: 4 search spaces (2 mixes x 2 pulls) x 4
 corrections x 9 neighbour counts x 11 weightings, less reconstruction weights
-above :data:`MAX_RECONSTRUCTION_K` neighbours: 1,456 settings."""
+above :data:`MAX_RECONSTRUCTION_K` neighbours: 1,456 settings, scored with
+plain votes; then the winner's 4 diversities."""
 
 
 @dataclass
@@ -111,15 +122,31 @@ class TuningResult:
         parameters: the setting with the best objective.
         threshold: score a hashtag needs to be suggested in a variable-length
             answer (the best one is always suggested).
-        objective: the winner's mean of P@1, R@5 and A@5 over the folds.
-        candidates: one dictionary per setting, with ``P@1``, ``R@5``, ``A@5``
-            and ``objective`` beside the parameters, best first.
+        objective: the winner's mean of P@1, R@5 and A@5 over the folds,
+            with its diversity.
+        candidates: one dictionary per setting of the first search (plain
+            votes, diversity 0), with ``P@1``, ``R@5``, ``A@5`` and
+            ``objective`` beside the parameters, best first.
+        diversities: the winning setting at each diversity of the grid, in
+            the grid's order, with its ``P@1``, ``R@5``, ``A@5`` and
+            ``objective``.
     """
 
     parameters: VotingParameters
     threshold: float
     objective: float
     candidates: list[dict] = field(default_factory=list)
+    diversities: list[dict] = field(default_factory=list)
+
+    @property
+    def chosen(self) -> dict:
+        """The chosen setting with its cross-validated scores."""
+        scores = next(
+            row
+            for row in self.diversities
+            if row["diversity"] == self.parameters.diversity
+        )
+        return {**self.parameters.as_settings(), **scores}
 
 
 def tune_voting(
@@ -150,8 +177,9 @@ def tune_voting(
     Raises:
         ValueError: fewer than ``2 * folds`` photos, an unknown grid entry, an
             entry that is not a list of choices or holds none, a k that is not
-            a whole number >= 1, a ``projection_mix`` outside ``(0, 1]`` or a
-            ``prototype_pull`` outside ``[0, 0.99]``.
+            a whole number >= 1, a ``projection_mix`` outside ``(0, 1]``, a
+            ``prototype_pull`` outside ``[0, 0.99]`` or a ``diversity``
+            outside ``[0, 1)``.
     """
     embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
     labels = sp.csr_matrix(labels, dtype=np.float32)
@@ -172,6 +200,8 @@ def tune_voting(
         # then reported, and saved, as the chosen value; so would such a pull.
         check_mix(mix)
         check_pull(pull)
+    for diversity in grid["diversity"]:
+        check_diversity(diversity)
     votes = list(itertools.product(ks, grid["weighting"]))
     # A k above the limit that the caller fixed is searched as given.
     votes = [
@@ -244,16 +274,20 @@ def tune_voting(
     parameters = VotingParameters(
         **{key: best[key] for key in VotingParameters.__dataclass_fields__}
     )
-    threshold = _calibrate_threshold(parameters, fold_data, embeddings, labels)
+    diversities, threshold = _rank_and_threshold(
+        parameters, grid["diversity"], fold_data, embeddings, labels
+    )
+    chosen = max(diversities, key=lambda row: row["objective"])
+    parameters = dataclasses.replace(parameters, diversity=chosen["diversity"])
     logger.info(
         "chose %s (P@1 %.3f, R@5 %.3f, A@5 %.3f in cross-validation), threshold %.3f",
         parameters,
-        best["P@1"],
-        best["R@5"],
-        best["A@5"],
+        chosen["P@1"],
+        chosen["R@5"],
+        chosen["A@5"],
         threshold,
     )
-    return TuningResult(parameters, threshold, best["objective"], table)
+    return TuningResult(parameters, threshold, chosen["objective"], table, diversities)
 
 
 def _checked_grid(given: dict[str, Sequence]) -> dict[str, tuple]:
@@ -398,20 +432,27 @@ def _quick_metrics(scores: np.ndarray, truth: np.ndarray) -> np.ndarray:
     )
 
 
-def _calibrate_threshold(parameters, fold_data, embeddings, labels) -> float:
-    """The threshold with the best mean per-photo F1 on out-of-fold scores.
+def _rank_and_threshold(parameters, diversities, fold_data, embeddings, labels):
+    """Score the winning setting at each diversity on the out-of-fold votes,
+    and the threshold with the best mean per-photo F1 at the best diversity.
 
     Each fold is searched again in the winning space only: keeping every
     space's neighbour inner products from the search would hold about a
     gigabyte at HARRISON scale.
+
+    Returns:
+        ``(rows, threshold)``: one dictionary per diversity, in the order
+        given, with ``diversity``, ``P@1``, ``R@5``, ``A@5`` and
+        ``objective`` (means over the folds, as the search computes them);
+        and the threshold.
     """
-    all_scores, all_truth = [], []
     parameter = (
         parameters.ridge
         if parameters.weighting == "reconstruction"
         else parameters.temperature
     )
     gram_k = parameters.k if parameters.weighting == "reconstruction" else 0
+    votes, all_truth = [], []
     for train_ids, test_ids in fold_data:
         search = _search_fold(
             embeddings,
@@ -423,15 +464,42 @@ def _calibrate_threshold(parameters, fold_data, embeddings, labels) -> float:
             gram_k,
         )
         weights = _fold_weights(search, parameters.k, parameters.weighting, parameter)
-        all_scores.append(
-            weighted_votes(
+        votes.append((weights, search.neighbours[:, : parameters.k], train_ids))
+        all_truth.append(labels[test_ids].toarray() > 0)
+
+    rows, best_scores, best_objective = [], None, -np.inf
+    for diversity in diversities:
+        fold_scores = [
+            diversified_votes(
                 weights,
-                search.neighbours[:, : parameters.k],
+                neighbours,
                 labels[train_ids],
+                diversity=diversity,
                 popularity_correction=parameters.popularity_correction,
             )
+            for weights, neighbours, train_ids in votes
+        ]
+        means = np.mean(
+            [_quick_metrics(s, t) for s, t in zip(fold_scores, all_truth)], axis=0
         )
-        all_truth.append(labels[test_ids].toarray() > 0)
+        objective = float(means.mean())
+        rows.append(
+            {
+                "diversity": float(diversity),
+                "P@1": float(means[0]),
+                "R@5": float(means[1]),
+                "A@5": float(means[2]),
+                "objective": objective,
+            }
+        )
+        if objective > best_objective:
+            best_scores, best_objective = fold_scores, objective
+    return rows, _best_threshold(best_scores, all_truth)
+
+
+def _best_threshold(all_scores, all_truth) -> float:
+    """The threshold with the best mean per-photo F1 over the given folds'
+    ``(q, n_tags)`` scores and boolean truths."""
     scores = np.concatenate(all_scores)
     truth = np.concatenate(all_truth)
     top, top_scores = rank_tags(scores, min(10, scores.shape[1]))

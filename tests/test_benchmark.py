@@ -14,7 +14,6 @@ from harrison_knn.benchmark import (
     BENCHMARK_KS,
     BLEND_HEAD_WEIGHTS,
     DEFAULT_METHODS,
-    METHODS,
     BlendedMethod,
     PopularityMethod,
     VotingMethod,

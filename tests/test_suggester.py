@@ -482,8 +482,8 @@ def test_cli_build_prints_the_search_space(flickr30, tmp_path, capsys):
     assert code == 0
     assert out[-1] == (
         "voting (options given, defaults for the rest): k=20 weighting=reconstruction "
-        "ridge=3.0 popularity "
-        "correction=0.0 search space=embeddings 0.75 + predicted hashtags 0.25"
+        "ridge=3.0 popularity correction=0.0 diversity=0.0 "
+        "search space=embeddings 0.75 + predicted hashtags 0.25"
     )
 
 
@@ -499,8 +499,8 @@ def test_cli_build_pulls_photos_toward_their_prototypes(flickr30, tmp_path, caps
     assert code == 0
     assert out[-1] == (
         "voting (options given, defaults for the rest): k=20 weighting=softmax "
-        "temperature=0.05 popularity correction=0.0 search space=embeddings, "
-        "indexed photos pulled 0.5 toward their hashtags"
+        "temperature=0.05 popularity correction=0.0 diversity=0.0 "
+        "search space=embeddings, indexed photos pulled 0.5 toward their hashtags"
     )
     suggester = TagSuggester.load(index_dir)
     index = suggester.index
@@ -528,7 +528,7 @@ def test_cli_build_prints_no_temperature_for_count_votes(flickr30, tmp_path, cap
     assert code == 0
     assert out[-1] == (
         "voting (options given, defaults for the rest): k=20 weighting=count "
-        "popularity correction=0.0 search space=embeddings"
+        "popularity correction=0.0 diversity=0.0 search space=embeddings"
     )
 
 
@@ -544,7 +544,7 @@ def test_cli_build_without_voting_options_prints_the_defaults(
     assert code == 0
     assert out[-1] == (
         "voting (defaults): k=20 weighting=softmax temperature=0.05 "
-        "popularity correction=0.0 search space=embeddings"
+        "popularity correction=0.0 diversity=0.0 search space=embeddings"
     )
 
 
@@ -559,7 +559,7 @@ def test_cli_build_says_why_a_small_index_was_not_tuned(flickr30, tmp_path, caps
     assert out[-1] == (
         "voting (options given, defaults for the rest; not tuned: 30 photos "
         "indexed, tuning needs 50): k=7 weighting=softmax temperature=0.05 "
-        "popularity correction=0.0 search space=embeddings"
+        "popularity correction=0.0 diversity=0.0 search space=embeddings"
     )
 
 
@@ -578,6 +578,8 @@ def test_cli_build_says_why_a_small_index_was_not_tuned(flickr30, tmp_path, caps
         ("--prototype-pull", "-0.5", "prototype_pull must lie in [0, 0.99], got -0.5"),
         ("--prototype-pull", "nan", "prototype_pull must lie in [0, 0.99], got nan"),
         ("--temperature", "inf", "temperature must be a finite number > 0, got inf"),
+        ("--diversity", "1", "diversity must lie in [0, 1), got 1.0"),
+        ("--diversity", "nan", "diversity must lie in [0, 1), got nan"),
     ],
 )
 def test_cli_build_with_a_bad_voting_setting_exits_2_before_reading_photos(
@@ -609,6 +611,8 @@ def test_cli_build_with_a_bad_voting_setting_exits_2_before_reading_photos(
             "1.5",
             "popularity_correction must lie in [0, 1], got 1.5",
         ),
+        ("--diversity", "-0.25", "diversity must lie in [0, 1), got -0.25"),
+        ("--diversity", "1", "diversity must lie in [0, 1), got 1.0"),
     ],
 )
 def test_cli_suggest_with_a_bad_voting_setting_exits_2_before_reading_photos(
@@ -651,3 +655,54 @@ def test_an_empty_index_answers_with_no_hashtag(weighting):
         ([], [], None),
         ([], [], None),
     ]
+
+
+def test_diversity_moves_an_unexplained_neighbours_hashtag_up():
+    # Two near photos tagged sea and sun, one a little farther tagged dog.
+    index = TagIndex.from_embeddings(
+        np.eye(3, 4, dtype=np.float32),
+        np.array([[1, 0, 1], [1, 0, 1], [0, 1, 0]], dtype=np.float32),
+        vocabulary=["sea", "dog", "sun"],
+        paths=["a.jpg", "b.jpg", "c.jpg"],
+        encoder="test-encoder",
+    )
+    query = np.array([[0.6, 0.6, 0.5, 0.0]], dtype=np.float32)
+    query /= np.linalg.norm(query)
+
+    plain = TagSuggester(index, k=3, weighting="count").suggest_embeddings(query)[0]
+    diverse = TagSuggester(
+        index, k=3, weighting="count", diversity=0.75
+    ).suggest_embeddings(query)[0]
+
+    # Equal votes of 1/3: sea and sun 2/3, dog 1/3. Once sea is placed, a and b
+    # vote with a quarter of their weight: sun 1/6, dog still 1/3.
+    assert [(t.tag, round(t.score, 4)) for t in plain.tags] == [
+        ("sea", 0.6667),
+        ("sun", 0.6667),
+        ("dog", 0.3333),
+    ]
+    assert [(t.tag, round(t.score, 4)) for t in diverse.tags] == [
+        ("sea", 0.6667),
+        ("dog", 0.3333),
+        ("sun", 0.1667),
+    ]
+    # The neighbours' own weights are what they were.
+    assert [n.weight for n in diverse.neighbours] == [
+        n.weight for n in plain.neighbours
+    ]
+
+
+def test_a_saved_diversity_is_the_default_and_an_option_overrides_it(
+    flickr30, tmp_path
+):
+    index_dir = tmp_path / "index"
+    build_index(
+        flickr30,
+        index_dir,
+        num_workers=0,
+        voting_settings={"diversity": 0.5},
+        tune=False,
+    )
+
+    assert TagSuggester.load(index_dir).diversity == 0.5
+    assert TagSuggester.load(index_dir, diversity=0.0).diversity == 0.0

@@ -45,7 +45,12 @@ def test_every_candidate_is_scored_and_the_best_wins():
     assert {c["prototype_pull"] for c in result.candidates} == {0.0, 0.75}
     objectives = [c["objective"] for c in result.candidates]
     assert objectives == sorted(objectives, reverse=True)
-    assert result.objective == objectives[0]
+    # The winner is then scored at each diversity of the default grid; at 0
+    # its ranking is the plain one, and so is its score.
+    assert [row["diversity"] for row in result.diversities] == [0.0, 0.25, 0.5, 0.75]
+    assert result.diversities[0]["objective"] == objectives[0]
+    assert result.objective == max(row["objective"] for row in result.diversities)
+    assert result.chosen["objective"] == result.objective
     best = result.candidates[0]
     assert result.parameters.k == best["k"]
     assert result.parameters.weighting == best["weighting"]
@@ -62,6 +67,7 @@ def test_a_single_candidate_grid_returns_that_setting():
         "popularity_correction": (0.25,),
         "projection_mix": (0.5,),
         "prototype_pull": (0.5,),
+        "diversity": (0.5,),
     }
 
     result = tune_voting(embeddings, labels, folds=2, grid=grid)
@@ -76,8 +82,10 @@ def test_a_single_candidate_grid_returns_that_setting():
         "ridge": 2.0,
         "projection_mix": 0.5,
         "prototype_pull": 0.5,
+        "diversity": 0.5,
     }
     assert len(result.candidates) == 1
+    assert len(result.diversities) == 1
 
 
 @pytest.mark.parametrize("space", [(0.5, 0.0), (1.0, 0.75), (0.5, 0.75)])
@@ -199,6 +207,8 @@ def test_too_few_photos_are_refused():
             {"weighting": (("reconstruction", float("inf")),)},
             "ridge must be a finite number, got inf",
         ),
+        ({"diversity": (0.0, 1.0)}, r"diversity must lie in \[0, 1\), got 1.0"),
+        ({"diversity": ("0.5",)}, "diversity must be a number, got '0.5'"),
     ],
 )
 def test_bad_values_in_the_grid_are_refused(grid, message):
@@ -256,6 +266,51 @@ def test_select_by_threshold_keeps_the_best_hashtag_always():
     assert chosen[1].tolist() == [0]
 
 
+def test_diversity_is_chosen_when_one_guess_fills_the_first_places():
+    # 55 photos carry hashtags 0 to 5 together, 45 carry hashtag 6 alone, and
+    # their embeddings do not tell them apart. With plain votes the first five
+    # places go to hashtags 0 to 4, which is wrong for every photo of hashtag
+    # 6; once hashtag 0 is placed and its photos vote with half their weight,
+    # hashtag 6 takes the second place.
+    rng = np.random.default_rng(0)
+    embeddings = rng.normal(size=(100, 16)).astype(np.float32)
+    embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)
+    labels = np.zeros((100, 7), dtype=np.float32)
+    labels[:55, :6] = 1
+    labels[55:, 6] = 1
+    grid = {
+        "k": (80,),
+        "weighting": (("count", None),),
+        "popularity_correction": (0.0,),
+        "projection_mix": (1.0,),
+        "prototype_pull": (0.0,),
+    }
+
+    result = tune_voting(embeddings, sp.csr_matrix(labels), grid=grid)
+
+    rows = result.diversities
+    assert [row["diversity"] for row in rows] == [0.0, 0.25, 0.5, 0.75]
+    assert [row["A@5"] for row in rows] == pytest.approx([0.58, 0.76, 1.0, 1.0])
+    # The first place never changes.
+    assert [row["P@1"] for row in rows] == pytest.approx([0.41] * 4)
+    # 0.5 and 0.75 tie; the first of them in the grid wins.
+    assert result.parameters.diversity == 0.5
+    assert result.objective == pytest.approx(rows[2]["objective"])
+    assert result.chosen["A@5"] == pytest.approx(1.0)
+
+
+def test_build_settings_keep_a_fixed_diversity():
+    embeddings, labels = clustered()
+
+    settings = _voting_settings(
+        embeddings, labels, {"diversity": 0.25}, tune=True, seed=0
+    )
+
+    assert settings["diversity"] == 0.25
+    assert settings["cross_validation"]["diversity"] == 0.25
+    assert settings["tuned"] is True
+
+
 def test_build_settings_keep_what_the_caller_fixed():
     embeddings, labels = clustered()
 
@@ -279,6 +334,7 @@ def test_build_settings_without_tuning_are_the_defaults():
         "ridge": 1.0,
         "projection_mix": 1.0,
         "prototype_pull": 0.0,
+        "diversity": 0.0,
         "threshold": None,
         "tuned": False,
     }

@@ -5,8 +5,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from harrison_knn.metrics import rank_tags
 from harrison_knn.voting import (
     WEIGHTINGS,
+    diversified_votes,
     neighbour_gram,
     neighbour_weights,
     tag_prior,
@@ -443,3 +445,163 @@ def test_an_empty_index_gives_zero_gram_and_zero_scores():
     np.testing.assert_array_equal(gram, np.zeros((2, 3, 3)))
     np.testing.assert_array_equal(weights, np.zeros((2, 3)))
     np.testing.assert_array_equal(scores, np.zeros((2, 3)))
+
+
+# Diversified votes. Four photos: 0 and 1 carry hashtags 0 and 1, photo 2
+# carries hashtag 2, and photo 3 carries hashtags 1 and 2.
+ALIKE = sp.csr_matrix(
+    np.array([[1, 1, 0], [1, 1, 0], [0, 0, 1], [0, 1, 1]], dtype=np.float32)
+)
+
+
+def test_diversity_votes_the_places_below_with_discounted_neighbours_by_hand():
+    weights = np.array([[0.4, 0.3, 0.3]], dtype=np.float32)
+
+    plain = weighted_votes(weights, np.array([[0, 1, 2]]), ALIKE)
+    diverse = diversified_votes(weights, np.array([[0, 1, 2]]), ALIKE, diversity=0.75)
+
+    np.testing.assert_allclose(plain, [[0.7, 0.7, 0.3]], rtol=1e-6)
+    # Hashtag 0 takes the first place with 0.7; photos 0 and 1 then vote with
+    # a quarter of their weight, so hashtag 1 falls to 0.175 and hashtag 2,
+    # carried by photo 2 alone, takes the second place with 0.3.
+    np.testing.assert_allclose(diverse, [[0.7, 0.175, 0.3]], rtol=1e-6)
+    assert rank_tags(diverse, 3)[0].tolist() == [[0, 2, 1]]
+
+
+def test_a_neighbour_is_discounted_once_however_many_of_its_hashtags_are_placed():
+    weights = np.array([[0.5, 0.3, 0.2]], dtype=np.float32)
+
+    scores = diversified_votes(weights, np.array([[3, 0, 2]]), ALIKE, diversity=0.5)
+
+    # Plain: hashtag 0 0.3, hashtag 1 0.8, hashtag 2 0.7. Hashtag 1 is first
+    # (0.8); photos 3 and 0 carry it and keep half: hashtag 2 = 0.25 + 0.2 =
+    # 0.45, hashtag 0 = 0.15. Hashtag 2 is second; photo 3, which carries it
+    # too, keeps half of its weight, not a quarter: hashtag 0 stays 0.15.
+    np.testing.assert_allclose(scores, [[0.15, 0.8, 0.45]], rtol=1e-6)
+
+
+def test_diversity_with_popularity_correction_by_hand():
+    weights = np.array([[0.4, 0.3, 0.3]], dtype=np.float32)
+    prior = np.array([0.5, 0.75, 0.5], dtype=np.float32)
+
+    scores = diversified_votes(
+        weights,
+        np.array([[0, 1, 2]]),
+        ALIKE,
+        diversity=0.75,
+        popularity_correction=0.5,
+        prior=prior,
+    )
+
+    # Corrected plain scores: 0.7 - 0.25, 0.7 - 0.375, 0.3 - 0.25. Hashtag 0
+    # is first; then hashtag 1 is 0.175 - 0.375 and hashtag 2 stays 0.05.
+    np.testing.assert_allclose(scores, [[0.45, -0.2, 0.05]], rtol=1e-5)
+
+
+def test_no_diversity_gives_the_plain_votes_exactly():
+    weights = np.array([[0.4, 0.3, 0.3], [0.6, 0.4, 0.0]], dtype=np.float32)
+    ids = np.array([[0, 1, 2], [3, 2, -1]])
+
+    assert np.array_equal(
+        diversified_votes(weights, ids, ALIKE, diversity=0.0),
+        weighted_votes(weights, ids, ALIKE),
+    )
+
+
+def test_diversity_with_no_query_or_no_place_to_fill():
+    empty = diversified_votes(
+        np.zeros((0, 3), dtype=np.float32),
+        np.zeros((0, 3), dtype=np.int64),
+        ALIKE,
+        diversity=0.5,
+    )
+    weights = np.array([[0.4, 0.3, 0.3]], dtype=np.float32)
+    unranked = diversified_votes(
+        weights, np.array([[0, 1, 2]]), ALIKE, diversity=0.5, depth=0
+    )
+
+    assert empty.shape == (0, 3)
+    np.testing.assert_allclose(unranked, [[0.7, 0.7, 0.3]], rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"diversity": 1.0}, r"diversity must lie in \[0, 1\), got 1.0"),
+        ({"diversity": -0.1}, r"diversity must lie in \[0, 1\), got -0.1"),
+        ({"diversity": float("nan")}, r"diversity must lie in \[0, 1\), got nan"),
+        ({"diversity": "0.5"}, "diversity must be a number, got '0.5'"),
+        ({"diversity": True}, "diversity must be a number, got True"),
+        ({"diversity": 0.5, "depth": -1}, "depth must be >= 0, got -1"),
+        ({"diversity": 0.5, "depth": 2.5}, "depth must be a whole number, got 2.5"),
+    ],
+)
+def test_bad_diversity_options_are_named(options, message):
+    with pytest.raises(ValueError, match=message):
+        diversified_votes(
+            np.array([[0.4, 0.3, 0.3]], dtype=np.float32),
+            np.array([[0, 1, 2]]),
+            ALIKE,
+            **options,
+        )
+
+
+@settings(deadline=None)
+@given(
+    neighbourhoods(),
+    WEIGHTING_SETTINGS,
+    st.floats(min_value=0.0, max_value=0.99),
+    st.floats(min_value=0.0, max_value=1.0),
+    st.integers(0, 7),
+)
+def test_diversified_ranking_is_the_greedy_order(
+    neighbourhood, weighting, diversity, alpha, depth
+):
+    similarities, ids, labels = neighbourhood
+    weights = neighbour_weights(similarities, ids >= 0, weighting=weighting)
+    prior = tag_prior(labels)
+    plain = weighted_votes(
+        weights, ids, labels, popularity_correction=alpha, prior=prior
+    )
+
+    scores = diversified_votes(
+        weights,
+        ids,
+        labels,
+        diversity=diversity,
+        popularity_correction=alpha,
+        prior=prior,
+        depth=depth,
+    )
+
+    n_tags = labels.shape[1]
+    places = min(depth, n_tags)
+    order = rank_tags(scores, n_tags)[0]
+    dense = labels.toarray() > 0
+    for row in range(len(ids)):
+        # Follow the ranking in float64: each placed hashtag must have had the
+        # best vote of those not placed yet, given the discounts of the
+        # places above it, and its score must be that vote.
+        keep = np.ones(ids.shape[1])
+        for place in range(places + 1):
+            votes = np.zeros(n_tags)
+            for slot, photo in enumerate(ids[row]):
+                if photo >= 0:
+                    votes += weights[row, slot] * keep[slot] * dense[photo]
+            votes -= alpha * prior
+            unplaced = order[row, place:]
+            if place == places:
+                # Hashtags beyond the places keep their vote after the last.
+                np.testing.assert_allclose(
+                    scores[row, unplaced], votes[unplaced], atol=1e-5
+                )
+                break
+            tag = order[row, place]
+            assert votes[tag] >= votes[unplaced].max() - 1e-5
+            assert scores[row, tag] == pytest.approx(votes[tag], abs=1e-5)
+            for slot, photo in enumerate(ids[row]):
+                if photo >= 0 and dense[photo, tag]:
+                    keep[slot] = 1.0 - diversity
+    # The first place is the plain vote's first place.
+    if places:
+        assert np.array_equal(rank_tags(scores, 1)[0], rank_tags(plain, 1)[0])

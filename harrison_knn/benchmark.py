@@ -280,11 +280,28 @@ class BlendedMethod:
         self.seed = seed
 
     def fit(self, embeddings: np.ndarray, labels: sp.csr_matrix) -> BlendedMethod:
+        """Choose the head's share on a validation part, then fit both on all.
+
+        Raises:
+            ValueError: a ``validation_share`` that is not a number in
+                ``(0, 1)``, or too few photos to tune voting on the rest.
+        """
+        share = self.validation_share
+        voting.check_number("validation_share", share)
+        if not 0.0 < share < 1.0:
+            raise ValueError(f"validation_share must lie in (0, 1), got {share!r}")
         labels = sp.csr_matrix(labels)
-        part, validation = split_indices(
-            len(embeddings), self.validation_share, self.seed
-        )
-        tuned = TunedVotingMethod().fit(embeddings[part], labels[part])
+        tuned = TunedVotingMethod()
+        kept = math.ceil(share * len(embeddings))
+        if len(embeddings) - kept < 2 * tuned.folds:
+            raise ValueError(
+                f"the blend keeps {kept} of {len(embeddings)} photos aside to "
+                f"choose the head's share and tunes voting on the other "
+                f"{len(embeddings) - kept}, but tuning needs at least "
+                f"{2 * tuned.folds}"
+            )
+        part, validation = split_indices(len(embeddings), share, self.seed)
+        tuned.fit(embeddings[part], labels[part])
         head = clone(self.head).fit(embeddings[part], labels[part])
         votes = tuned.scores(embeddings[validation])
         probabilities = head.predict_proba(embeddings[validation])
@@ -331,8 +348,9 @@ def _blend(votes: np.ndarray, probabilities: np.ndarray, weight: float) -> np.nd
 
 def _blend_objective(scores: np.ndarray, truth: sp.csr_matrix) -> float:
     """Mean of P@1, R@5 and A@5, the objective voting is tuned by."""
-    metrics = evaluate(scores, truth, {"P": (1,), "R": (5,), "A": (5,)})
-    return (metrics["P@1"] + metrics["R@5"] + metrics["A@5"]) / 3
+    top = min(5, scores.shape[1])
+    metrics = evaluate(scores, truth, {"P": (1,), "R": (top,), "A": (top,)})
+    return (metrics["P@1"] + metrics[f"R@{top}"] + metrics[f"A@{top}"]) / 3
 
 
 class PopularityMethod:

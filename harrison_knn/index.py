@@ -187,7 +187,10 @@ class TagIndex:
                 f"embeddings must have unit rows; row {worst} has length "
                 f"{norms[worst]:.4f}"
             )
-        labels = sp.csr_matrix(labels, dtype=np.float32)
+        labels = sp.csr_matrix(labels, dtype=np.float32, copy=True)
+        # A stored zero is no hashtag: voting ignores it, but the neighbours'
+        # hashtag lists read the stored entries.
+        labels.eliminate_zeros()
         if labels.shape[0] != embeddings.shape[0]:
             raise ValueError(
                 f"{labels.shape[0]} label rows for {embeddings.shape[0]} embeddings"

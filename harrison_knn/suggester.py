@@ -190,6 +190,11 @@ class TagSuggester:
                 "the indexed vectors are stored in the space the build chose; "
                 "build again with --projection-mix or --prototype-pull"
             )
+        # Before the index and the encoder are loaded, which can take seconds;
+        # None keeps the saved value.
+        voting.check_settings(
+            {name: value for name, value in voting_options.items() if value is not None}
+        )
         expected = encoder.name if isinstance(encoder, Encoder) else encoder
         index = TagIndex.load(directory, encoder=expected)
         if not isinstance(encoder, Encoder):

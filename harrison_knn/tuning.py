@@ -142,10 +142,18 @@ class TuningResult:
     def chosen(self) -> dict:
         """The chosen setting with its cross-validated scores."""
         scores = next(
-            row
-            for row in self.diversities
-            if row["diversity"] == self.parameters.diversity
+            (
+                row
+                for row in self.diversities
+                if row["diversity"] == self.parameters.diversity
+            ),
+            None,
         )
+        if scores is None:
+            raise ValueError(
+                f"no cross-validated scores for diversity "
+                f"{self.parameters.diversity!r} among the result's diversities"
+            )
         return {**self.parameters.as_settings(), **scores}
 
 

@@ -442,6 +442,7 @@ def weighted_votes(
             f"neighbour id {int(neighbour_ids.max())} is outside the index of "
             f"{n_photos} photos"
         )
+    check_number("popularity_correction", popularity_correction)
     if not 0.0 <= popularity_correction <= 1.0:
         raise ValueError(
             f"popularity_correction must lie in [0, 1], got {popularity_correction!r}"
@@ -511,6 +512,7 @@ def diversified_votes(
             anything :func:`weighted_votes` refuses.
     """
     check_diversity(diversity)
+    check_number("popularity_correction", popularity_correction)
     check_number("depth", depth, whole=True)
     if depth < 0:
         raise ValueError(f"depth must be >= 0, got {depth!r}")
@@ -531,7 +533,8 @@ def diversified_votes(
     scores = scores_for(weights)
     n_queries, n_tags = scores.shape
     places = min(depth, n_tags)
-    if diversity == 0 or n_queries == 0 or places == 0:
+    # An empty index leaves every slot empty: no neighbour to discount.
+    if diversity == 0 or n_queries == 0 or places == 0 or labels.shape[0] == 0:
         return scores
 
     neighbour_ids = np.asarray(neighbour_ids)

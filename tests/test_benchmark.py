@@ -18,6 +18,7 @@ from harrison_knn.benchmark import (
     PopularityMethod,
     VotingMethod,
     _blend,
+    _blend_objective,
     main,
     run_benchmark,
     scale_embeddings,
@@ -275,6 +276,45 @@ def test_blend_keeps_to_voting_where_a_linear_head_cannot_separate():
     assert len(blend.voting_.suggester_.index) == 240
     assert blend.head_.coef_.shape == (6, 8)
     assert not hasattr(blend.head, "coef_")
+
+
+@pytest.mark.parametrize(
+    ("photos", "share", "message"),
+    [
+        # 3 of 12 photos kept aside leave 9, and the 5 inner folds need 10.
+        (
+            12,
+            0.2,
+            (
+                "the blend keeps 3 of 12 photos aside to choose the head's share "
+                "and tunes voting on the other 9, but tuning needs at least 10"
+            ),
+        ),
+        (40, 0.0, r"validation_share must lie in \(0, 1\), got 0.0"),
+        (40, 1.0, r"validation_share must lie in \(0, 1\), got 1.0"),
+        (40, 5, r"validation_share must lie in \(0, 1\), got 5"),
+        (40, float("nan"), r"validation_share must lie in \(0, 1\), got nan"),
+        (40, "0.2", "validation_share must be a number, got '0.2'"),
+    ],
+)
+def test_blend_refuses_too_few_photos_or_a_bad_share_naming_it(photos, share, message):
+    from harrison_knn.linear import LogisticHead
+
+    embeddings, labels = xor_photos()
+
+    with pytest.raises(ValueError, match=f"^{message}$"):
+        BlendedMethod(LogisticHead(), validation_share=share).fit(
+            embeddings[:photos], labels[:photos]
+        )
+
+
+def test_blend_objective_with_fewer_than_five_hashtags_ranks_them_all():
+    scores = np.array([[0.9, 0.1, 0.5], [0.2, 0.3, 0.8]], np.float32)
+    truth = sp.csr_matrix(np.array([[0, 0, 1], [1, 0, 0]], np.float32))
+
+    # Both first places are wrong (P@1 0); within the top 3, every hashtag,
+    # both truths are found (R@3 and A@3 1). Before, R@5 of 3 hashtags raised.
+    assert _blend_objective(scores, truth) == pytest.approx((0.0 + 1.0 + 1.0) / 3)
 
 
 def test_blend_mixes_votes_and_probabilities_by_the_head_weight():

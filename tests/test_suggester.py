@@ -6,6 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 from PIL import Image
 
 from harrison_knn.build import build_index
@@ -636,8 +637,11 @@ def test_cli_suggest_with_a_bad_voting_setting_exits_2_before_reading_photos(
     )
 
 
-@pytest.mark.parametrize("weighting", ["softmax", "reconstruction"])
-def test_an_empty_index_answers_with_no_hashtag(weighting):
+@pytest.mark.parametrize(
+    ("weighting", "diversity"),
+    [("softmax", 0.0), ("reconstruction", 0.0), ("softmax", 0.5)],
+)
+def test_an_empty_index_answers_with_no_hashtag(weighting, diversity):
     index = TagIndex.from_embeddings(
         np.zeros((0, 4), dtype=np.float32),
         np.zeros((0, 3), dtype=np.float32),
@@ -645,12 +649,12 @@ def test_an_empty_index_answers_with_no_hashtag(weighting):
         paths=[],
         encoder="test-encoder",
     )
-    suggester = TagSuggester(index, k=3, weighting=weighting)
+    suggester = TagSuggester(index, k=3, weighting=weighting, diversity=diversity)
 
     answers = suggester.suggest_embeddings(np.eye(2, 4, dtype=np.float32))
 
     # Before, scipy refused the empty slots' column 0 (and the reconstruction
-    # weighting's gather raised IndexError).
+    # weighting's gather, and at first the diversity's, raised IndexError).
     assert [(a.tags, a.neighbours, a.error) for a in answers] == [
         ([], [], None),
         ([], [], None),
@@ -706,3 +710,41 @@ def test_a_saved_diversity_is_the_default_and_an_option_overrides_it(
 
     assert TagSuggester.load(index_dir).diversity == 0.5
     assert TagSuggester.load(index_dir, diversity=0.0).diversity == 0.0
+
+
+def test_stored_zeros_in_the_labels_are_no_hashtags_of_a_neighbour():
+    labels = sp.csr_matrix(
+        (
+            np.array([1, 0, 0, 1], dtype=np.float32),
+            np.array([0, 1, 0, 2]),
+            np.array([0, 2, 4]),
+        ),
+        shape=(2, 3),
+    )
+    index = TagIndex.from_embeddings(
+        np.eye(2, 4, dtype=np.float32),
+        labels,
+        vocabulary=["sea", "dog", "sun"],
+        paths=["a.jpg", "b.jpg"],
+        encoder="test-encoder",
+    )
+
+    answer = TagSuggester(index, k=2).suggest_embeddings(
+        np.eye(1, 4, dtype=np.float32)
+    )[0]
+
+    # Before, the stored zeros were listed: a.jpg showed #sea #dog.
+    assert [(n.path, n.tags) for n in answer.neighbours] == [
+        ("a.jpg", ("sea",)),
+        ("b.jpg", ("sun",)),
+    ]
+    # The caller's matrix is left as it was.
+    assert labels.nnz == 4
+
+
+def test_loading_with_a_bad_voting_setting_is_refused_before_the_index_is_read(
+    tmp_path,
+):
+    # No index at all: the setting is refused first.
+    with pytest.raises(ValueError, match=r"^diversity must lie in \[0, 1\), got 1.0$"):
+        TagSuggester.load(tmp_path / "missing", diversity=1.0)

@@ -6,7 +6,13 @@ import pytest
 import scipy.sparse as sp
 
 from harrison_knn.build import _voting_settings
-from harrison_knn.tuning import _search_fold, select_by_threshold, tune_voting
+from harrison_knn.tuning import (
+    TuningResult,
+    VotingParameters,
+    _search_fold,
+    select_by_threshold,
+    tune_voting,
+)
 
 
 def clustered(n_per_cluster=30, clusters=4, seed=0):
@@ -297,6 +303,30 @@ def test_diversity_is_chosen_when_one_guess_fills_the_first_places():
     assert result.parameters.diversity == 0.5
     assert result.objective == pytest.approx(rows[2]["objective"])
     assert result.chosen["A@5"] == pytest.approx(1.0)
+
+
+def test_chosen_without_scores_for_the_chosen_diversity_names_it():
+    result = TuningResult(
+        VotingParameters(
+            k=5,
+            weighting="count",
+            temperature=0.05,
+            popularity_correction=0.0,
+            diversity=0.5,
+        ),
+        threshold=0.1,
+        objective=0.5,
+        diversities=[
+            {"diversity": 0.0, "P@1": 0.5, "R@5": 0.5, "A@5": 0.5, "objective": 0.5}
+        ],
+    )
+
+    with pytest.raises(
+        ValueError,
+        match=r"^no cross-validated scores for diversity 0.5 among the result's "
+        r"diversities$",
+    ):
+        _ = result.chosen
 
 
 def test_build_settings_keep_a_fixed_diversity():

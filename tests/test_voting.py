@@ -534,6 +534,10 @@ def test_diversity_with_no_query_or_no_place_to_fill():
         ({"diversity": True}, "diversity must be a number, got True"),
         ({"diversity": 0.5, "depth": -1}, "depth must be >= 0, got -1"),
         ({"diversity": 0.5, "depth": 2.5}, "depth must be a whole number, got 2.5"),
+        (
+            {"diversity": 0.5, "popularity_correction": "0.5"},
+            "popularity_correction must be a number, got '0.5'",
+        ),
     ],
 )
 def test_bad_diversity_options_are_named(options, message):

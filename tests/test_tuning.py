@@ -9,6 +9,7 @@ from harrison_knn.build import _voting_settings
 from harrison_knn.tuning import (
     TuningResult,
     VotingParameters,
+    _least_diverse_within_noise,
     _search_fold,
     select_by_threshold,
     tune_voting,
@@ -303,6 +304,20 @@ def test_diversity_is_chosen_when_one_guess_fills_the_first_places():
     assert result.parameters.diversity == 0.5
     assert result.objective == pytest.approx(rows[2]["objective"])
     assert result.chosen["A@5"] == pytest.approx(1.0)
+
+
+def test_a_diversity_is_kept_only_for_a_gain_beyond_the_folds_noise():
+    plain = np.array([0.50, 0.52, 0.48, 0.50, 0.50])
+    # Ahead on the mean by 0.004, but the folds disagree: gaps of 0.01,
+    # -0.02, 0.02, 0.02 and -0.01 have a standard error of 0.008.
+    noisy = np.array([0.51, 0.50, 0.50, 0.52, 0.49])
+    # Ahead by 0.002 on every fold: a standard error of 0.00016.
+    steady = plain + np.array([0.002, 0.0025, 0.0015, 0.002, 0.002])
+
+    assert _least_diverse_within_noise(np.stack([plain, noisy])) == 0
+    assert _least_diverse_within_noise(np.stack([plain, steady])) == 1
+    # Equal choices: the first, the least diverse.
+    assert _least_diverse_within_noise(np.stack([plain, steady, steady])) == 1
 
 
 def test_chosen_without_scores_for_the_chosen_diversity_names_it():

@@ -291,16 +291,14 @@ class BlendedMethod:
         if not 0.0 < share < 1.0:
             raise ValueError(f"validation_share must lie in (0, 1), got {share!r}")
         labels = sp.csr_matrix(labels)
-        tuned = TunedVotingMethod()
-        kept = math.ceil(share * len(embeddings))
-        if len(embeddings) - kept < 2 * tuned.folds:
-            raise ValueError(
-                f"the blend keeps {kept} of {len(embeddings)} photos aside to "
-                f"choose the head's share and tunes voting on the other "
-                f"{len(embeddings) - kept}, but tuning needs at least "
-                f"{2 * tuned.folds}"
-            )
         part, validation = split_indices(len(embeddings), share, self.seed)
+        tuned = TunedVotingMethod()
+        if len(part) < 2 * tuned.folds:
+            raise ValueError(
+                f"the blend keeps {len(validation)} of {len(embeddings)} photos "
+                f"aside to choose the head's share and tunes voting on the other "
+                f"{len(part)}, but tuning needs at least {2 * tuned.folds}"
+            )
         tuned.fit(embeddings[part], labels[part])
         head = clone(self.head).fit(embeddings[part], labels[part])
         votes = tuned.scores(embeddings[validation])

@@ -285,10 +285,10 @@ def tune_voting(
     parameters = VotingParameters(
         **{key: best[key] for key in VotingParameters.__dataclass_fields__}
     )
-    diversities, chosen, threshold = _rank_and_threshold(
+    diversities, position, threshold = _rank_and_threshold(
         parameters, grid["diversity"], fold_data, embeddings, labels
     )
-    chosen = diversities[chosen]
+    chosen = diversities[position]
     parameters = dataclasses.replace(parameters, diversity=chosen["diversity"])
     logger.info(
         "chose %s (P@1 %.3f, R@5 %.3f, A@5 %.3f in cross-validation), threshold %.3f",
@@ -508,6 +508,8 @@ def _rank_and_threshold(parameters, diversities, fold_data, embeddings, labels):
             }
         )
     chosen = _least_diverse_within_noise(np.array(fold_objectives))
+    # Voted again rather than kept from the loop: keeping every diversity's
+    # scores would hold 160 MB at HARRISON scale, for one more round of votes.
     threshold = _best_threshold(fold_scores(diversities[chosen]), all_truth)
     return rows, chosen, threshold
 

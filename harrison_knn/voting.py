@@ -533,30 +533,30 @@ def diversified_votes(
     scores = scores_for(weights)
     n_queries, n_tags = scores.shape
     places = min(depth, n_tags)
-    # An empty index leaves every slot empty: no neighbour to discount.
-    if diversity == 0 or n_queries == 0 or places == 0 or labels.shape[0] == 0:
+    if diversity == 0 or n_queries == 0 or places == 0:
         return scores
 
-    neighbour_ids = np.asarray(neighbour_ids)
-    k = neighbour_ids.shape[1]
-    valid = (neighbour_ids >= 0).ravel()
-    # The hashtags of every neighbour slot, one CSR row a slot; an empty slot
-    # reads row 0 and is masked out below.
-    slot_labels = labels[np.where(valid, neighbour_ids.ravel(), 0)]
-    entry_slot = np.repeat(np.arange(n_queries * k), np.diff(slot_labels.indptr))
-    entry_counts = valid[entry_slot] & (slot_labels.data > 0)
+    # The hashtags of every filled neighbour slot, one CSR row a slot (slots
+    # numbered row by row over the (q, k) ids); an empty index fills none.
+    slot_ids = np.asarray(neighbour_ids).reshape(-1)
+    filled = np.flatnonzero(slot_ids >= 0)
+    slot_labels = labels[slot_ids[filled]]
+    entry_slot = np.repeat(filled, np.diff(slot_labels.indptr))
+    carried = slot_labels.data > 0
+    k = weights.shape[1]
 
     result = np.empty_like(scores)
     unplaced = np.ones((n_queries, n_tags), dtype=bool)
-    keep = np.ones((n_queries, k), dtype=np.float32)
+    keep = np.ones(n_queries * k, dtype=np.float32)
     rows = np.arange(n_queries)
     for _ in range(places):
         best = np.where(unplaced, scores, -np.inf).argmax(axis=1)
         result[rows, best] = scores[rows, best]
         unplaced[rows, best] = False
-        placed_tag = np.repeat(best, k)[entry_slot]
-        carriers = entry_slot[entry_counts & (slot_labels.indices == placed_tag)]
-        keep.ravel()[carriers] = np.float32(1.0 - diversity)
-        scores = scores_for(weights * keep)
+        placed_tag = best[entry_slot // k]
+        keep[entry_slot[carried & (slot_labels.indices == placed_tag)]] = np.float32(
+            1.0 - diversity
+        )
+        scores = scores_for(weights * keep.reshape(n_queries, k))
     result[unplaced] = scores[unplaced]
     return result
